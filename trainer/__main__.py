@@ -1,0 +1,75 @@
+"""`trainer`: distill, evaluate, export, benchmark. The composition root: parse, validate, wire, run."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .settings import add_arguments, from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="trainer", description="Distil a wav2vec2 teacher into a tiny ONNX student.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
+    add_arguments(p)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint folder or ONNX file on a manifest")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", required=True, help="CSV manifest or folder")
+    p.add_argument("--positive-label", default="", help="label scored as positive (default: the model's)")
+    p.add_argument("--group-by", default="", help="also report per value of this manifest column")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the ONNX file's, else 0.5)")
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+
+    p = sub.add_parser("export", help="re-export a checkpoint folder to a contract-conforming ONNX file")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    p.add_argument("--threshold", type=float, default=None, help="default: from the run's report.json")
+    p.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx (needs --calibration)")
+    p.add_argument("--calibration", default="", help="manifest whose audio calibrates int8 quantisation")
+
+    p = sub.add_parser("benchmark", help="size, MACs and single-thread latency: student vs teacher vs wav2vec2-base")
+    p.add_argument("--run", type=Path, required=True, help="run folder (student.onnx, student.int8.onnx, teacher/)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (median reported)")
+    p.add_argument("--skip-base", action="store_true", help="skip the wav2vec2-base-sized reference (slow export)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "distill":
+            from .pipeline import run_distill
+
+            run_distill(from_args(args), argv[1:])
+        elif args.command == "evaluate":
+            from .tools import evaluate_file
+
+            result = evaluate_file(args.model, args.data, positive_label=args.positive_label, group_by=args.group_by,
+                                   threshold=args.threshold, bootstrap=args.bootstrap)
+            text = json.dumps(result, indent=2)
+            print(text)
+            if args.out:
+                args.out.write_text(text)
+        elif args.command == "export":
+            from .tools import reexport
+
+            reexport(args.checkpoint, args.out, threshold=args.threshold, int8=args.int8, calibration=args.calibration)
+        elif args.command == "benchmark":
+            from .benchmark import run_benchmark
+
+            run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""ONNX export: export, ``onnx.checker``, parity with PyTorch on seeded input, contract check, int8."""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.contract import CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAME, check_io, parse_metadata
+
+log = logging.getLogger(__name__)
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """The exported graph is invalid or disagrees with the PyTorch model."""
+
+
+class _Probs(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(audio), dim=-1)
+
+
+def contract_metadata(spec, *, threshold: float, train_data: str, teacher: str, metrics: dict) -> dict[str, str]:
+    return {
+        "labels": json.dumps(list(spec.labels)),
+        "positive_label": spec.positive_label,
+        "sample_rate": str(spec.sample_rate),
+        "window_samples": str(spec.window_samples),
+        "pre_roll_samples": str(spec.pre_roll_samples),
+        "threshold": f"{threshold:.6f}",
+        "teacher": teacher,
+        "train_data": train_data,
+        "metrics": json.dumps(metrics),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "version": CONTRACT_VERSION,
+    }
+
+
+def seeded_input(spec, seed: int = 0, batch: int = 4) -> np.ndarray:
+    """Noise plus a decaying chirp burst: deterministic, speech-band, within [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(spec.window_samples) / spec.sample_rate
+    burst = np.sin(2 * np.pi * (300 + 2000 * t) * t) * np.exp(-6 * t)
+    x = 0.05 * rng.standard_normal((batch, spec.window_samples)) + 0.5 * burst * rng.uniform(0.2, 1.0, (batch, 1))
+    return np.clip(x, -1, 1).astype(np.float32)
+
+
+def export_onnx(model: nn.Module, path: str | Path, metadata: dict[str, str], *, name: str, seed: int = 0,
+                atol: float = 1e-4) -> dict:
+    """Export ``model`` (raw audio -> logits) as a contract-conforming ONNX file; returns the parity report."""
+    import onnx
+
+    path = Path(path)
+    was_training = model.training
+    wrapper = _Probs(model).eval()
+    x = seeded_input(model.spec, seed)
+    try:
+        torch.onnx.export(wrapper, (torch.from_numpy(x),), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], opset_version=OPSET, dynamo=False,
+                          dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, OUTPUT_NAME: {0: "batch"}})
+        wrapper.eval()
+        with torch.no_grad():
+            expected = wrapper(torch.from_numpy(x)).numpy()
+    finally:
+        model.train(was_training)
+    proto = onnx.load(str(path))
+    proto.graph.name = name
+    set_metadata(proto, metadata)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path}: onnx.checker rejected the graph: {exc}") from exc
+    onnx.save(proto, str(path))
+    got = run_onnx(path, x)
+    diff = float(np.abs(got - expected).max())
+    if diff > atol:
+        raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch by {diff:.2e} > {atol:.0e}")
+    validate(path)
+    log.info("exported %s (%d bytes), max |onnx - torch| = %.2e", path, path.stat().st_size, diff)
+    return {"max_abs_diff": diff, "atol": atol, "seed": seed}
+
+
+def set_metadata(proto, metadata: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def validate(path: str | Path):
+    """Run the edge's own contract check on a file (the same code the daemon runs at load)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta()
+    info = parse_metadata(dict(meta.custom_metadata_map), name=meta.graph_name or Path(path).stem)
+    check_io(info, [(i.name, i.shape) for i in sess.get_inputs()], [(o.name, o.shape) for o in sess.get_outputs()])
+    return info
+
+
+def run_onnx(path: str | Path, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: windows[s: s + batch_size]})[0]
+                           for s in range(0, len(windows), batch_size)])
+
+
+def quantize_int8(float_path: str | Path, out_path: str | Path, calibration: np.ndarray, *, kind: str) -> Path:
+    """Static QDQ int8 with calibration audio (cnn; the log-mel front end stays float) or dynamic int8 (hf)."""
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
+
+    float_path, out_path = Path(float_path), Path(out_path)
+    proto = onnx.load(str(float_path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    if kind == "cnn":
+        keep_float = [n.name for n in proto.graph.node if n.name.startswith("/model/frontend/") or n.op_type == "Softmax"]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter([{INPUT_NAME: calibration[i: i + 1]} for i in range(len(calibration))])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        quantize_static(str(float_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep_float)
+    else:
+        quantize_dynamic(str(float_path), str(out_path), weight_type=QuantType.QInt8)
+    q = onnx.load(str(out_path))
+    q.graph.name = proto.graph.name
+    set_metadata(q, {**metadata, "quantization": "int8-qdq-static" if kind == "cnn" else "int8-dynamic"})
+    onnx.checker.check_model(q)
+    onnx.save(q, str(out_path))
+    validate(out_path)
+    return out_path

@@ -1,0 +1,200 @@
+"""Models and self-describing checkpoints. No training code lives here.
+
+Every model is an ``nn.Module`` mapping raw audio ``[batch, samples]`` (16 kHz, [-1, 1]) to logits
+``[batch, n_classes]``. A checkpoint is a folder holding ``coughwatch.json`` (kind, labels, window,
+front end, architecture) next to the weights, so it can be loaded without the command that made it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .frontend import FrontendConfig, LogMel
+
+SPEC_FILE = "coughwatch.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    """``cnn`` (log-mel CNN student) or ``hf`` (a Hugging Face audio classifier: teacher, w2v-small)."""
+    labels: tuple[str, ...]
+    positive_label: str
+    sample_rate: int = 16000
+    """Input sample rate in Hz."""
+    window_samples: int = 16000
+    """Window length in samples."""
+    pre_roll_samples: int = 4000
+    """Samples before the anchor (onset / energy peak) at the start of a window."""
+    source: str = ""
+    """Where the weights came from (hub id, path or ``preset:<name>``)."""
+    normalize: bool = True
+    """``hf`` only: zero-mean unit-variance normalise each example (wav2vec2 feature extractor)."""
+    frontend: dict = field(default_factory=dict)
+    widths: tuple[int, ...] = (16, 32, 48, 64)
+    """``cnn`` only: channels of the conv blocks."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        raw = json.loads(text)
+        raw["labels"] = tuple(raw["labels"])
+        raw["widths"] = tuple(raw.get("widths", cls.widths))
+        return cls(**raw)
+
+
+class CnnStudent(nn.Module):
+    """Log-mel front end + small CNN; well under 100k parameters with the default widths."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.frontend = LogMel(FrontendConfig(**spec.frontend) if spec.frontend else FrontendConfig())
+        blocks, cin = [], 1
+        for i, width in enumerate(spec.widths):
+            blocks += [
+                nn.Conv2d(cin, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            if i < len(spec.widths) - 1:
+                blocks.append(nn.MaxPool2d(2))
+            cin = width
+        self.body = nn.Sequential(*blocks)
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Linear(cin, len(spec.labels))
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """The CNN activations before pooling, ``[batch, channels, mels', frames']``."""
+        return self.body(self.frontend(audio))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.features(audio).mean(dim=(2, 3))))
+
+
+class HfAudioClassifier(nn.Module):
+    """A Hugging Face ``*ForSequenceClassification`` audio model behind the raw-audio interface."""
+
+    def __init__(self, spec: ModelSpec, model: nn.Module) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if self.spec.normalize:
+            audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
+        return self.model(input_values=audio).logits
+
+    def features(self, audio: torch.Tensor) -> torch.Tensor:
+        """Output of the convolutional feature encoder, ``[batch, channels, frames]``."""
+        if self.spec.normalize:
+            audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
+        return self.model.wav2vec2.feature_extractor(audio)
+
+
+TEACHER_PRESETS = {
+    # Small enough to fine-tune on two CPU cores in minutes; for tests and machines without the hub.
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
+    "small": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192,
+                  conv_dim=(48,) * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8),
+    # The shape of facebook/wav2vec2-base (95M parameters), randomly initialised: for benchmarks.
+    "base": dict(),
+}
+
+
+def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, window_samples: int,
+                  pre_roll_samples: int) -> HfAudioClassifier:
+    """A teacher from ``preset:<tiny|small|base>``, a hub id or a local ``save_pretrained`` folder."""
+    from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2Config
+
+    id2label = dict(enumerate(labels))
+    label2id = {v: k for k, v in id2label.items()}
+    common = dict(num_labels=len(labels), id2label=id2label, label2id=label2id)
+    if source.startswith("preset:"):
+        name = source.split(":", 1)[1]
+        if name not in TEACHER_PRESETS:
+            raise ValueError(f"unknown teacher preset {name!r}; choose one of {sorted(TEACHER_PRESETS)}")
+        config = Wav2Vec2Config(**TEACHER_PRESETS[name], mask_time_prob=0.0, layerdrop=0.0, **common)
+        model = AutoModelForAudioClassification.from_config(config)
+        normalize = True
+    else:
+        config = AutoConfig.from_pretrained(source, **common)
+        model = AutoModelForAudioClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
+        normalize = _wants_normalisation(source)
+    spec = ModelSpec(kind="hf", labels=labels, positive_label=positive_label, window_samples=window_samples,
+                     pre_roll_samples=pre_roll_samples, source=source, normalize=normalize)
+    return HfAudioClassifier(spec, model)
+
+
+def _wants_normalisation(source: str) -> bool:
+    from transformers import AutoFeatureExtractor
+
+    try:
+        return bool(getattr(AutoFeatureExtractor.from_pretrained(source), "do_normalize", True))
+    except OSError:  # no preprocessor_config.json: wav2vec2's default
+        return True
+
+
+def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
+                      pre_roll_samples: int, widths: tuple[int, ...] = ModelSpec.widths) -> CnnStudent:
+    spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, window_samples=window_samples,
+                     pre_roll_samples=pre_roll_samples, source="cnn", frontend=FrontendConfig().to_dict(),
+                     widths=tuple(widths))
+    return CnnStudent(spec)
+
+
+def build_w2v_small(teacher: HfAudioClassifier, layers: int = 2) -> HfAudioClassifier:
+    """The teacher's convolutional encoder with its first ``layers`` transformer layers, weights copied."""
+    from transformers import AutoModelForAudioClassification
+
+    config = teacher.model.config.__class__.from_dict(teacher.model.config.to_dict())
+    if not 1 <= layers <= config.num_hidden_layers:
+        raise ValueError(f"w2v-small layers must be in 1..{config.num_hidden_layers}, got {layers}")
+    config.num_hidden_layers = layers
+    model = AutoModelForAudioClassification.from_config(config)
+    missing, _unexpected = model.load_state_dict(teacher.model.state_dict(), strict=False)
+    if missing:
+        raise RuntimeError(f"w2v-small could not copy these teacher weights: {missing[:5]}")
+    spec = ModelSpec(**{**asdict(teacher.spec), "source": f"w2v-small({layers} layers of {teacher.spec.source})"})
+    return HfAudioClassifier(spec, model)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model: nn.Module, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPEC_FILE).write_text(model.spec.to_json())
+    if isinstance(model, HfAudioClassifier):
+        model.model.save_pretrained(folder)
+    else:
+        torch.save(model.state_dict(), folder / "model.pt")
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> nn.Module:
+    """Load any checkpoint written by :func:`save_checkpoint`, in eval mode on the CPU."""
+    folder = Path(folder)
+    spec_path = folder / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a coughwatch checkpoint (no {SPEC_FILE})")
+    spec = ModelSpec.from_json(spec_path.read_text())
+    if spec.kind == "cnn":
+        model: nn.Module = CnnStudent(spec)
+        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    elif spec.kind == "hf":
+        from transformers import AutoModelForAudioClassification
+
+        model = HfAudioClassifier(spec, AutoModelForAudioClassification.from_pretrained(folder))
+    else:
+        raise ValueError(f"{spec_path}: unknown model kind {spec.kind!r}")
+    return model.eval()

@@ -1,0 +1,120 @@
+"""report.json, report.md with plots, and MODEL_CARD.md for a run folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+CAVEAT = ("**Not a diagnosis.** This model produces screening signals for research. It has not been "
+          "clinically validated; do not use it to make medical decisions.")
+
+
+def _fmt(m: dict | None, key: str) -> str:
+    if not m or m.get(key) is None:
+        return "n/a"
+    return f"{m[key]:.3f}"
+
+
+def _auc(m: dict) -> str:
+    ci = m.get("roc_auc_ci95")
+    return _fmt(m, "roc_auc") + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def metrics_table(results: dict) -> list[str]:
+    rows = ["| model | ROC-AUC [95% CI] | accuracy | precision | recall | F1 | threshold | n |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        m = r["pooled"]
+        rows.append(f"| {name} | {_auc(m)} | {_fmt(m, 'accuracy')} | {_fmt(m, 'precision')} | {_fmt(m, 'recall')} "
+                    f"| {_fmt(m, 'f1')} | {m['threshold']:.3f} | {m['n']} |")
+    groups = {g for r in results.values() for g in r.get("by_group", {})}
+    if groups:
+        rows += ["", "Per group (ROC-AUC [95% CI], n):", "", "| model | " + " | ".join(sorted(groups)) + " |",
+                 "|---" * (len(groups) + 1) + "|"]
+        for name, r in results.items():
+            cells = [f"{_auc(r['by_group'][g])} (n={r['by_group'][g]['n']})" if g in r.get("by_group", {}) else "n/a"
+                     for g in sorted(groups)]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[str, np.ndarray],
+                 decisions: dict[str, np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, sc in scores.items():
+        RocCurveDisplay.from_predictions(is_positive, sc, name=name, ax=ax)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_title("ROC on held-out test data")
+    fig.savefig(out / "roc.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(decisions), figsize=(3.6 * len(decisions), 3.4))
+    labels = [f"not {report['positive_label']}", report["positive_label"]]
+    for ax, (name, pred) in zip(np.atleast_1d(axes), decisions.items()):
+        ConfusionMatrixDisplay.from_predictions(is_positive, pred, display_labels=labels, ax=ax, colorbar=False)
+        ax.set_title(name)
+    fig.tight_layout()
+    fig.savefig(out / "confusion.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, hist in report["history"].items():
+        if not hist:
+            continue
+        epochs = [h["epoch"] for h in hist]
+        for key in ("loss", "kl", "ce", "feature"):
+            if key in hist[0]:
+                axes[0].plot(epochs, [h[key] for h in hist], label=f"{name} {key}")
+        axes[1].plot(epochs, [h["val_auc"] for h in hist], label=name)
+    axes[0].set(xlabel="epoch", ylabel="training loss", title="Loss terms")
+    axes[1].set(xlabel="epoch", ylabel="ROC-AUC", title="Validation ROC-AUC")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+
+    kd = report["results"]["student"].get("distillation_loss", {})
+    md = [f"# Run report: {out.name}", "", CAVEAT, "", f"Command: `{report['command']}`", "",
+          f"Labels: {report['labels']} (positive: `{report['positive_label']}`). Splits (clips per label): "
+          f"`{json.dumps(report['splits'])}`. Parameters: teacher {report['parameters']['teacher']:,}, "
+          f"student {report['parameters']['student']:,}.", "",
+          "## Held-out test metrics", "", "Thresholds were chosen on the validation split (Youden's J).", "",
+          *metrics_table(report["results"]), "",
+          f"Distillation loss on test (alpha·T²·KL + (1-alpha)·CE): {kd.get('loss', float('nan')):.4f} "
+          f"(KL {kd.get('kl', float('nan')):.4f}, CE {kd.get('ce', float('nan')):.4f}).", "",
+          f"ONNX parity with PyTorch on seeded input: max |diff| = {report['onnx_parity']['max_abs_diff']:.2e}.", "",
+          "![ROC](roc.png)", "", "![Confusion matrices](confusion.png)", "", "![Training](training.png)", ""]
+    (out / "report.md").write_text("\n".join(md))
+
+
+def write_model_card(out: Path, report: dict, *, data_notes: str = "") -> None:
+    s = report["settings"]
+    preset = s["teacher"]["source"].startswith("preset:")
+    teacher_note = (f"The teacher was built from the `{s['teacher']['source']}` configuration with random weights and "
+                    "trained on this data only (no pretrained wav2vec2 weights were available where it was trained)."
+                    if preset else f"The teacher was fine-tuned from `{s['teacher']['source']}`.")
+    card = [f"# Model card: {out.name}", "", CAVEAT, "",
+            "## What it is",
+            f"A {s['student']['kind']} student ({report['parameters']['student']:,} parameters) distilled from a "
+            f"wav2vec2 teacher ({report['parameters']['teacher']:,} parameters). {teacher_note} Input: "
+            f"{s['data']['window_s']} s of 16 kHz mono audio, with the log-mel front end inside the ONNX graph. "
+            f"Output: probabilities for {report['labels']}.", "",
+            "## Files", "- `student.onnx`, `student.int8.onnx`: the contract-conforming models the edge daemon loads.",
+            "- `student/`, `teacher/`: PyTorch checkpoints (self-describing: `coughwatch.json`).",
+            "- `report.md`, `report.json`, plots: the full evaluation.", "",
+            "## Data", data_notes or f"`{s['data']['manifest']}`.",
+            f"Splits are stratified, deduplicated by content hash and group-disjoint: `{json.dumps(report['splits'])}`.",
+            "", "## Held-out test metrics", "", *metrics_table(report["results"]), "",
+            "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
+            "corpus; expect lower numbers on other microphones, rooms and populations.", "",
+            "## Reproduce", "", f"```\n{report['command']}\n```", ""]
+    (out / "MODEL_CARD.md").write_text("\n".join(card))

@@ -1,0 +1,177 @@
+"""Settings for `trainer distill`: frozen dataclasses, one CLI flag per field (``--<section>-<field>``).
+
+Precedence: built-in defaults < ``--config file.toml`` (sections ``[data]``, ``[teacher]``, ...) < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    manifest: str = ""
+    """CSV manifest or folder (required)."""
+    positive_label: str = ""
+    """Label scored as positive; other labels are merged into ``not_<positive>`` (default: 'positive' if present)."""
+    group_by: str = ""
+    """Manifest column to report metrics per value of (e.g. ``source``)."""
+    window_s: float = 1.0
+    """Model input window in seconds."""
+    pre_roll_s: float = 0.25
+    """Audio kept before the anchor (onset) at the start of a window, in seconds."""
+    val_fraction: float = 0.15
+    """Share of groups held out for validation (model and threshold selection)."""
+    test_fraction: float = 0.15
+    """Share of groups held out for the final test."""
+    crops_per_clip: int = 4
+    """Fixed training crops per clip (the teacher's outputs are cached per crop)."""
+    sample_rate: int = 16000
+    """Model sample rate in Hz."""
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    source: str = "facebook/wav2vec2-base"
+    """Hub id, local save_pretrained folder, or ``preset:tiny|small|base`` (random init)."""
+    epochs: int = 10
+    """Fine-tuning epochs (0 = use the teacher as loaded)."""
+    lr: float = 0.0
+    """Peak learning rate (0 = 2.5e-5 for pretrained weights, 1e-3 for a preset trained from scratch)."""
+    freeze_feature_encoder: str = "auto"
+    """``yes``, ``no`` or ``auto`` (frozen for pretrained weights, trained for presets)."""
+    batch_size: int = 16
+    """Windows per optimisation step."""
+
+
+@dataclass(frozen=True)
+class StudentSettings:
+    kind: str = "cnn"
+    """``cnn`` (log-mel CNN) or ``w2v-small`` (teacher's encoder with fewer transformer layers)."""
+    epochs: int = 30
+    """Distillation epochs."""
+    lr: float = 0.0
+    """Peak learning rate (0 = 3e-3 for cnn, 2.5e-5 for w2v-small)."""
+    layers: int = 2
+    """w2v-small: transformer layers kept from the teacher."""
+    widths: str = "16,32,48,64"
+    """cnn: channels of the conv blocks, comma-separated."""
+    batch_size: int = 32
+    """Windows per optimisation step."""
+
+
+@dataclass(frozen=True)
+class KdSettings:
+    alpha: float = 0.5
+    """Weight of the KL term (1 - alpha on cross-entropy), in [0, 1]."""
+    temperature: float = 2.0
+    """Softmax temperature for the KL term (> 0)."""
+    feature_weight: float = 0.0
+    """Weight of the penalty on the student's CNN activations (>= 0)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: str = "runs/latest"
+    """Run folder."""
+    seed: int = 0
+    """Seed for splits, crops, augmentation and initialisation."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    warmup_epochs: int = 2
+    """Linear warm-up epochs before linear decay."""
+    bootstrap: int = 1000
+    """Bootstrap resamples for confidence intervals."""
+    quantize: bool = True
+    """Also write student.int8.onnx."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data: DataSettings = field(default_factory=DataSettings)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    student: StudentSettings = field(default_factory=StudentSettings)
+    kd: KdSettings = field(default_factory=KdSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def validate(self) -> "Settings":
+        d, t, s, k = self.data, self.teacher, self.student, self.kd
+        checks = [
+            (bool(d.manifest), "data.manifest", d.manifest, "is required (--data)"),
+            (0 < d.window_s <= 10, "data.window_s", d.window_s, "must be in (0, 10] seconds"),
+            (0 <= d.pre_roll_s < d.window_s, "data.pre_roll_s", d.pre_roll_s, "must be in [0, window_s)"),
+            (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
+            (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
+             t.freeze_feature_encoder, "must be yes, no or auto"),
+            (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),
+            (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),
+            (0 <= k.alpha <= 1, "kd.alpha", k.alpha, "must be in [0, 1]"),
+            (k.temperature > 0, "kd.temperature", k.temperature, "must be > 0"),
+            (k.feature_weight >= 0, "kd.feature_weight", k.feature_weight, "must be >= 0"),
+            (t.lr >= 0 and s.lr >= 0, "lr", (t.lr, s.lr), "must be >= 0"),
+        ]
+        for ok, key, value, why in checks:
+            if not ok:
+                raise ValueError(f"{key} = {value!r} {why}")
+        try:
+            widths = [int(w) for w in s.widths.split(",")]
+        except ValueError:
+            widths = []
+        if not widths or min(widths) < 1:
+            raise ValueError(f"student.widths = {s.widths!r} must be comma-separated positive integers")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {f.name: f.type for f in fields(Settings)}
+SHORTCUTS = {"--data": "data_manifest", "--teacher": "teacher_source", "--student": "student_kind",
+             "--out": "run_out", "--seed": "run_seed"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--<section>-<field>`` for every settings field, plus the short forms in ``SHORTCUTS``."""
+    parser.add_argument("--config", type=Path, help="TOML file with [data], [teacher], [student], [kd], [run]")
+    hints = typing.get_type_hints(Settings)
+    for section, cls in hints.items():
+        group = parser.add_argument_group(section)
+        for f in fields(cls):
+            dest = f"{section}_{f.name}"
+            flags = [f"--{section}-{f.name.replace('_', '-')}"]
+            flags += [k for k, v in SHORTCUTS.items() if v == dest]
+            ftype = typing.get_type_hints(cls)[f.name]
+            if ftype is bool:
+                group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None)
+            else:
+                group.add_argument(*flags, dest=dest, type=ftype, default=None, metavar=ftype.__name__.upper())
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    file_values: dict = {}
+    if getattr(args, "config", None):
+        try:
+            file_values = tomllib.loads(Path(args.config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"--config {args.config}: {exc}") from exc
+    hints = typing.get_type_hints(Settings)
+    unknown = set(file_values) - set(hints)
+    if unknown:
+        raise ValueError(f"--config {args.config}: unknown section(s) {sorted(unknown)}; known: {sorted(hints)}")
+    parts = {}
+    for section, cls in hints.items():
+        values = dict(file_values.get(section, {}))
+        known = {f.name for f in fields(cls)}
+        bad = set(values) - known
+        if bad:
+            raise ValueError(f"--config {args.config}: [{section}] has unknown key(s) {sorted(bad)}")
+        for name in known:
+            flag = getattr(args, f"{section}_{name}", None)
+            if flag is not None:
+                values[name] = flag
+        parts[section] = cls(**values)
+    return Settings(**parts).validate()

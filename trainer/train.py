@@ -1,0 +1,187 @@
+"""Training loops: teacher fine-tuning and student distillation, on Hugging Face Accelerate.
+
+The same code runs on a CPU, one GPU (bf16 autocast) and several GPUs under ``accelerate launch``.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .augment import AugmentSettings, augment
+from .data import Clip, anchor_candidates, peak_anchor, window_at
+from .losses import feature_penalty, kd_loss, warmup_linear
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Crop:
+    clip: int
+    anchor: int
+    key: str
+    """``<sha256>:<anchor>``: identifies the teacher's cached output for this crop."""
+
+
+def make_crops(clips: list[Clip], per_clip: int, rng: np.random.Generator) -> list[Crop]:
+    """A fixed table of training crops: ``per_clip`` anchors per clip drawn among its loud frames."""
+    crops = []
+    for i, clip in enumerate(clips):
+        cands = anchor_candidates(clip.audio)
+        picks = rng.choice(cands, size=min(per_clip, cands.size), replace=False)
+        crops += [Crop(i, int(a), f"{clip.sha256}:{int(a)}") for a in sorted(picks)]
+    return crops
+
+
+def eval_windows(clips: list[Clip], window: int, pre_roll: int) -> np.ndarray:
+    """One window per clip, placed at the onset of its loudest event."""
+    return np.stack([window_at(c.audio, peak_anchor(c.audio), window, pre_roll) for c in clips])
+
+
+class CropDataset(Dataset):
+    """Training windows from the crop table; augmentation applies to the student's input only."""
+
+    def __init__(self, clips: list[Clip], crops: list[Crop], labels: tuple[str, ...], window: int, pre_roll: int,
+                 aug: AugmentSettings | None, seed: int) -> None:
+        self.clips, self.crops, self.window, self.pre_roll, self.aug = clips, crops, window, pre_roll, aug
+        self.targets = np.array([labels.index(clips[c.clip].label) for c in crops])
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    def __getitem__(self, i: int):
+        crop = self.crops[i]
+        x = window_at(self.clips[crop.clip].audio, crop.anchor, self.window, self.pre_roll)
+        if self.aug is not None:
+            x = augment(x, self.rng, self.aug)
+        return torch.from_numpy(x), int(self.targets[i]), i
+
+
+def balanced_loader(ds: CropDataset, batch_size: int, seed: int, per_epoch: int) -> DataLoader:
+    """Sample crops with weights inversely proportional to their class frequency."""
+    counts = np.bincount(ds.targets)
+    weights = torch.as_tensor(1.0 / counts[ds.targets], dtype=torch.double)
+    sampler = torch.utils.data.WeightedRandomSampler(weights, per_epoch, replacement=True,
+                                                     generator=torch.Generator().manual_seed(seed))
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=False)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, windows: np.ndarray, batch_size: int = 64, accelerator=None,
+                   desc: str = "") -> np.ndarray:
+    from tqdm import tqdm
+
+    model.eval()
+    device = accelerator.device if accelerator is not None else torch.device("cpu")
+    outs = []
+    starts = range(0, len(windows), batch_size)
+    for s in tqdm(starts, desc=desc or "predicting", unit="batch", leave=False, disable=not desc):
+        x = torch.from_numpy(windows[s: s + batch_size]).to(device)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            outs.append(model(x).float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
+
+
+def fit(model: nn.Module, loader: DataLoader, step_fn: StepFn, *, epochs: int, lr: float, weight_decay: float,
+        warmup_epochs: int, val_windows: np.ndarray, val_targets: np.ndarray, positive: int, accelerator,
+        desc: str) -> tuple[nn.Module, list[dict]]:
+    """Generic loop: AdamW, warm-up then linear decay, best epoch by validation ROC-AUC.
+
+    Returns the best model (unwrapped, on the accelerator's device) and the per-epoch history, where
+    every loss term returned by ``step_fn`` is averaged and logged.
+    """
+    from sklearn.metrics import roc_auc_score
+    from tqdm import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    total = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: warmup_linear(step, warmup_steps=min(warmup_epochs * len(loader), total - 1),
+                                        total_steps=total))
+    model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
+    history, best_auc, best_state = [], -1.0, None
+    for epoch in range(epochs):
+        model.train()
+        sums: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=not accelerator.is_local_main_process)
+        for x, y, idx in bar:
+            with accelerator.autocast():
+                terms = step_fn(model, x, y, idx)
+            accelerator.backward(terms["loss"])
+            accelerator.clip_grad_norm_(params, 5.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{float(terms['loss']):.3f}")
+        unwrapped = accelerator.unwrap_model(model)
+        val_probs = softmax(predict_logits(unwrapped, val_windows, accelerator=accelerator))
+        val_auc = float(roc_auc_score(val_targets == positive, val_probs[:, positive]))
+        row = {"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}, "val_auc": val_auc,
+               "lr": float(sched.get_last_lr()[0])}
+        history.append(row)
+        log.info("%s epoch %d: %s", desc, epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        if val_auc > best_auc:
+            best_auc, best_state = val_auc, copy.deepcopy(unwrapped.state_dict())
+    best = accelerator.unwrap_model(model)
+    best.load_state_dict(best_state)
+    return best.eval(), history
+
+
+def ce_step(model, x, y, idx):
+    return {"loss": nn.functional.cross_entropy(model(x), y)}
+
+
+def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: float, feature_weight: float) -> StepFn:
+    """Distillation step against cached teacher logits (indexed by crop)."""
+
+    def step(model, x, y, idx):
+        base = getattr(model, "module", model)
+        if feature_weight > 0:
+            feats = base.features(x)
+            logits = base.head(base.dropout(feats.mean(dim=(2, 3)))) if hasattr(base, "head") else model(x)
+        else:
+            feats, logits = None, model(x)
+        terms = kd_loss(logits.float(), teacher_logits[idx.cpu()].to(logits.device), y,
+                        alpha=alpha, temperature=temperature)
+        if feats is not None:
+            terms["feature"] = feature_penalty(feats)
+            terms["loss"] = terms["loss"] + feature_weight * terms["feature"]
+        return terms
+
+    return step
+
+
+def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) -> torch.Tensor:
+    """Teacher logits for every training crop (clean audio), computed once and kept in the run folder."""
+    keys = [c.key for c in ds.crops]
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("keys") == keys:
+            log.info("teacher outputs: reusing %s", path)
+            return cached["logits"]
+    clean = np.stack([window_at(ds.clips[c.clip].audio, c.anchor, ds.window, ds.pre_roll) for c in ds.crops])
+    logits = torch.from_numpy(predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs"))
+    if accelerator.is_main_process:
+        torch.save({"keys": keys, "logits": logits}, path)
+    return logits
