@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import tomllib
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from edge import config
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,6 @@ class Settings:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {f.name: f.type for f in fields(Settings)}
 SHORTCUTS = {"--data": "data_manifest", "--teacher": "teacher_source", "--student": "student_kind",
              "--out": "run_out", "--seed": "run_seed"}
 
@@ -137,41 +136,8 @@ SHORTCUTS = {"--data": "data_manifest", "--teacher": "teacher_source", "--studen
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--<section>-<field>`` for every settings field, plus the short forms in ``SHORTCUTS``."""
     parser.add_argument("--config", type=Path, help="TOML file with [data], [teacher], [student], [kd], [run]")
-    hints = typing.get_type_hints(Settings)
-    for section, cls in hints.items():
-        group = parser.add_argument_group(section)
-        for f in fields(cls):
-            dest = f"{section}_{f.name}"
-            flags = [f"--{section}-{f.name.replace('_', '-')}"]
-            flags += [k for k, v in SHORTCUTS.items() if v == dest]
-            ftype = typing.get_type_hints(cls)[f.name]
-            if ftype is bool:
-                group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None)
-            else:
-                group.add_argument(*flags, dest=dest, type=ftype, default=None, metavar=ftype.__name__.upper())
+    config.add_arguments(parser, Settings, SHORTCUTS)
 
 
 def from_args(args: argparse.Namespace) -> Settings:
-    file_values: dict = {}
-    if getattr(args, "config", None):
-        try:
-            file_values = tomllib.loads(Path(args.config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ValueError(f"--config {args.config}: {exc}") from exc
-    hints = typing.get_type_hints(Settings)
-    unknown = set(file_values) - set(hints)
-    if unknown:
-        raise ValueError(f"--config {args.config}: unknown section(s) {sorted(unknown)}; known: {sorted(hints)}")
-    parts = {}
-    for section, cls in hints.items():
-        values = dict(file_values.get(section, {}))
-        known = {f.name for f in fields(cls)}
-        bad = set(values) - known
-        if bad:
-            raise ValueError(f"--config {args.config}: [{section}] has unknown key(s) {sorted(bad)}")
-        for name in known:
-            flag = getattr(args, f"{section}_{name}", None)
-            if flag is not None:
-                values[name] = flag
-        parts[section] = cls(**values)
-    return Settings(**parts).validate()
+    return config.build(Settings, file=args.config, args=args).validate()

@@ -1,0 +1,170 @@
+"""`edge`: run, listen, check, devices. The composition root: parse, validate, fail fast, wire, run."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from . import config
+from .audio import AudioError, FileSource, MicSource, StdinSource
+from .contract import ContractError
+from .settings import DEFAULT_CONFIG, EdgeSettings
+
+log = logging.getLogger("edge")
+SHORTCUTS: dict[str, str] = {}
+
+
+def _settings(args: argparse.Namespace) -> EdgeSettings:
+    file = args.config or DEFAULT_CONFIG
+    return config.build(EdgeSettings, file=file, args=args, env_prefix="COUGHWATCH",
+                        file_required=args.config is not None)
+
+
+def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
+    if args.source == "-":
+        return StdinSource(args.stdin_rate, rate)
+    if args.source:
+        return FileSource(args.source, rate, realtime=not args.fast)
+    return MicSource(s.mic, rate)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import Daemon
+    from .inference import Classifier
+    from .mqtt import MqttSink, StdoutSink
+    from .onset import OnsetDetector
+    from .outbox import Outbox
+    from .pipeline import Pipeline
+    from .sdnotify import Notifier
+
+    s = _settings(args)
+    detector = Classifier(s.model.detector, s.model.threads)
+    classifier = Classifier(s.model.classifier, s.model.threads)
+    if detector.info.positive_label != "cough":
+        log.warning("detector %s has positive label %r, not 'cough'", detector.info.name, detector.info.positive_label)
+    rate = classifier.info.sample_rate
+    source = _source(args, s, rate)
+    sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events)) if s.mqtt.host \
+        else StdoutSink()
+    pipeline = Pipeline(detector, classifier, s.device.id, sink.submit, onset=OnsetDetector(rate, s.onset),
+                        detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold)
+    daemon = Daemon(source, pipeline, sink, Notifier(), stats_interval_s=s.mqtt.stats_interval_s,
+                    silence_s=s.device.silence_s, shutdown_flush_s=s.device.shutdown_flush_s)
+    daemon.install_signal_handlers()
+    log.info("device %s: detector %s, classifier %s (%s), results to %s", s.device.id, detector.info.name,
+             classifier.info.name, classifier.sha256[:12], f"mqtt://{s.mqtt.host}:{s.mqtt.port}" if s.mqtt.host
+             else "stdout")
+    log.info("results are research screening signals, not a diagnosis")
+    return daemon.run()
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    """Subscribe and print each event once (de-duplicated by event_id) as a JSON line."""
+    from .mqtt import make_client
+
+    s = _settings(args)
+    if not s.mqtt.host:
+        raise config.ConfigError("mqtt.host is empty: `edge listen` needs a broker (--mqtt-host)")
+    client = make_client(s.mqtt, f"coughwatch-listen-{os.getpid()}")
+    seen: OrderedDict[str, None] = OrderedDict()
+    done = threading.Event()
+    count = [0]
+    device = args.device_filter or "+"
+    topics = [f"{s.mqtt.topic_prefix}/{device}/event"] + \
+        ([f"{s.mqtt.topic_prefix}/{device}/status", f"{s.mqtt.topic_prefix}/{device}/stats"] if args.all else [])
+
+    def on_connect(c, userdata, flags, rc, props):
+        if rc.is_failure:
+            print(f"edge listen: broker refused the connection: {rc}", file=sys.stderr)
+            done.set()
+            return
+        for t in topics:
+            c.subscribe(t, qos=1)
+
+    def on_message(c, userdata, msg):
+        if msg.topic.endswith("/event"):
+            try:
+                event_id = json.loads(msg.payload)["event_id"]
+            except (ValueError, KeyError):
+                log.warning("ignored a malformed event on %s", msg.topic)
+                return
+            if event_id in seen:
+                return
+            seen[event_id] = None
+            if len(seen) > 100000:
+                seen.popitem(last=False)
+            print(msg.payload.decode(), flush=True)
+            count[0] += 1
+            if args.count and count[0] >= args.count:
+                done.set()
+        else:
+            print(json.dumps({"topic": msg.topic, "payload": msg.payload.decode(), "retained": bool(msg.retain)}),
+                  flush=True)
+
+    client.on_connect, client.on_message = on_connect, on_message
+    client.connect_async(s.mqtt.host, s.mqtt.port, keepalive=s.mqtt.keepalive_s)
+    client.loop_start()
+    try:
+        done.wait(args.timeout if args.timeout > 0 else None)
+    except KeyboardInterrupt:
+        pass
+    client.disconnect()
+    client.loop_stop()
+    return 0 if not args.count or count[0] >= args.count else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .checks import run_checks
+
+    return run_checks(_settings(args), check_mic=not args.skip_mic)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    import sounddevice as sd
+
+    for i, d in enumerate(sd.query_devices()):
+        if d["max_input_channels"] > 0:
+            print(f"{i:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edge", description="coughwatch edge daemon (research screening, not diagnosis)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "listen and publish one event per cough"), ("listen", "print events from the broker"),
+                        ("check", "verify microphone, models and broker"), ("devices", "list input devices")):
+        p = sub.add_parser(name, help=help_)
+        if name == "devices":
+            continue
+        p.add_argument("--config", type=Path, default=None, help=f"TOML config (default {DEFAULT_CONFIG} if present)")
+        config.add_arguments(p, EdgeSettings, SHORTCUTS)
+        if name == "run":
+            p.add_argument("--source", default="", help="WAV/FLAC file to replay, or - for raw s16le PCM on stdin")
+            p.add_argument("--fast", action="store_true", help="replay the file as fast as possible")
+            p.add_argument("--stdin-rate", type=int, default=16000, help="sample rate of PCM on stdin, in Hz")
+        if name == "listen":
+            p.add_argument("--device-filter", default="", help="only this device id (default: all)")
+            p.add_argument("--count", type=int, default=0, help="exit after this many events")
+            p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds (0 = never)")
+            p.add_argument("--all", action="store_true", help="also print status and stats messages")
+        if name == "check":
+            p.add_argument("--skip-mic", action="store_true", help="do not open the microphone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+    handlers = {"run": cmd_run, "listen": cmd_listen, "check": cmd_check, "devices": cmd_devices}
+    try:
+        return handlers[args.command](args)
+    except (config.ConfigError, ContractError, AudioError) as exc:
+        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Nested frozen-dataclass settings <-> TOML file <-> ``--<section>-<field>`` flags <-> environment.
+
+Shared by ``edge`` and ``trainer`` so both map flags one to one onto their settings the same way.
+Precedence: defaults < TOML file < environment (``<PREFIX>_<SECTION>_<FIELD>``) < flags.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names the key and the value."""
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, root: type, shortcuts: dict[str, str] | None = None) -> None:
+    """One flag per field of each section of ``root``; ``shortcuts`` maps extra flags to ``section_field``."""
+    shortcuts = shortcuts or {}
+    for section, cls in typing.get_type_hints(root).items():
+        group = parser.add_argument_group(section)
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            dest = f"{section}_{f.name}"
+            flags = [f"--{section}-{f.name.replace('_', '-')}"] + [k for k, v in shortcuts.items() if v == dest]
+            doc = _field_doc(cls, f.name)
+            if hints[f.name] is bool:
+                group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=doc)
+            else:
+                group.add_argument(*flags, dest=dest, type=str, default=None, help=doc,
+                                   metavar=hints[f.name].__name__.upper())
+
+
+def build(root: type, *, file: str | Path | None = None, args: argparse.Namespace | None = None,
+          env_prefix: str = "", environ: dict[str, str] | None = None, file_required: bool = True):
+    """Construct ``root`` from the layered sources; raises :class:`ConfigError` naming the bad key."""
+    raw: dict = {}
+    if file is not None:
+        path = Path(file)
+        if path.is_file():
+            try:
+                raw = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        elif file_required:
+            raise ConfigError(f"config file {path} does not exist")
+    environ = os.environ if environ is None else environ
+    sections = typing.get_type_hints(root)
+    unknown = set(raw) - set(sections)
+    if unknown:
+        raise ConfigError(f"{file}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
+    parts = {}
+    for section, cls in sections.items():
+        values = raw.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{file}: [{section}] must be a table")
+        hints = typing.get_type_hints(cls)
+        bad = set(values) - set(hints)
+        if bad:
+            raise ConfigError(f"{file}: [{section}] has unknown key(s) {sorted(bad)}; known: {sorted(hints)}")
+        kwargs = {}
+        for name, ftype in hints.items():
+            key = f"{section}.{name}"
+            source, value = None, None
+            if name in values:
+                source, value = "config file", values[name]
+            env_name = f"{env_prefix}_{section}_{name}".upper() if env_prefix else ""
+            if env_name and env_name in environ:
+                source, value = f"environment {env_name}", environ[env_name]
+            flag = getattr(args, f"{section}_{name}", None) if args is not None else None
+            if flag is not None:
+                source, value = f"--{section}-{name.replace('_', '-')}", flag
+            if source is None:
+                continue
+            kwargs[name] = _coerce(key, value, ftype, source)
+        try:
+            parts[section] = cls(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"[{section}] {exc}") from exc
+    try:
+        return root(**parts)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _coerce(key: str, value, ftype, source: str):
+    try:
+        if ftype is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if ftype in (int, float):
+            if isinstance(value, bool):
+                raise ValueError("a boolean is not a number")
+            return ftype(value)
+        if ftype is str:
+            if not isinstance(value, (str, int, float)):
+                raise ValueError("expected a string")
+            return str(value)
+        if typing.get_origin(ftype) is tuple:
+            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+            return tuple(str(v) for v in items)
+    except ValueError as exc:
+        raise ConfigError(f"{key} = {value!r} (from {source}): {exc}") from exc
+    return value
+
+
+def _field_doc(cls: type, name: str) -> str | None:
+    """The docstring written under a dataclass field, read from the class source (units live there)."""
+    import ast
+    import inspect
+
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return None
+    body = tree.body[0].body
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name
+                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant)):
+            return str(nxt.value.value).replace("%", "%%")
+    return None

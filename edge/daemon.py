@@ -1,0 +1,84 @@
+"""The run loop: source -> pipeline -> sink, with signals, watchdog, heartbeat and clean shutdown."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+
+from .audio import Source
+from .mqtt import Sink
+from .pipeline import Pipeline
+from .sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, source: Source, pipeline: Pipeline, sink: Sink, notifier: Notifier, *, stats_interval_s: float,
+                 silence_s: float, shutdown_flush_s: float) -> None:
+        self.source, self.pipeline, self.sink, self.notifier = source, pipeline, sink, notifier
+        self.stats_interval_s, self.silence_s, self.shutdown_flush_s = stats_interval_s, silence_s, shutdown_flush_s
+        self.stop = threading.Event()
+        self._started = time.monotonic()
+        self._last_audio = time.monotonic()
+        self._last_sound = time.monotonic()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop.set())
+
+    def stats(self) -> dict:
+        c = self.pipeline.counters
+        audio_s = c.samples / self.pipeline.sample_rate
+        cpu = os.times()
+        silent = time.monotonic() - self._last_sound > self.silence_s
+        lat = sorted(c.latencies_ms)
+        return {
+            "uptime_s": round(time.monotonic() - self._started, 1), "audio_s": round(audio_s, 1),
+            "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
+            "cpu_s": round(cpu.user + cpu.system, 2),
+            "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
+            "overruns": self.source.overruns, "clipped_samples": c.clipped,
+            "audio": "silent" if silent else ("clipping" if c.clipped else "ok"),
+            "level_dbfs": round(self.pipeline.onset.level_dbfs, 1),
+            "noise_floor_dbfs": round(float(self.pipeline.onset.noise_floor_dbfs), 1),
+            "outbox_depth": self.sink.depth(),
+            "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
+        }
+
+    def run(self) -> int:
+        self.notifier.ready("listening")
+        next_stats = time.monotonic()
+        watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else 0
+        next_watchdog = time.monotonic()
+        while not self.stop.is_set():
+            chunk = self.source.read(timeout=0.5)
+            if chunk is None:
+                log.info("end of input")
+                break
+            now = time.monotonic()
+            if chunk.size:
+                self._last_audio = now
+                if np.abs(chunk).max() > 1e-4:
+                    self._last_sound = now
+                self.pipeline.feed(chunk)
+            # The watchdog is fed only while audio keeps arriving: a stalled microphone gets us restarted.
+            if watchdog_every and now >= next_watchdog and now - self._last_audio < watchdog_every:
+                self.notifier.watchdog()
+                next_watchdog = now + watchdog_every
+            if now >= next_stats:
+                stats = self.stats()
+                self.sink.publish_stats(stats)
+                self.notifier.status(f"{stats['events']} events, audio {stats['audio']}, outbox {stats['outbox_depth']}")
+                next_stats = now + self.stats_interval_s
+        self.notifier.stopping()
+        self.source.close()
+        self.pipeline.flush()
+        self.sink.publish_stats(self.stats())
+        self.sink.close(timeout=self.shutdown_flush_s)
+        log.info("stopped: %s", self.stats())
+        return 0

@@ -1,0 +1,152 @@
+"""Streaming cough-onset detection: band energy and spectral flux against an adaptive noise floor.
+
+Pure numpy, no I/O. :class:`OnsetDetector` is a stateful callable: feed it chunks of any length and it
+returns the sounds that have ended, with onset and offset counted in samples since the last
+``reset()``. Internally audio is cut into fixed frames, so its decisions do not depend on chunking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OnsetSettings:
+    frame_ms: float = 16.0
+    """Analysis frame length in milliseconds (non-overlapping)."""
+    band_low_hz: float = 300.0
+    """Lower edge of the energy band in Hz."""
+    band_high_hz: float = 4000.0
+    """Upper edge of the energy band in Hz."""
+    on_db: float = 15.0
+    """An onset needs band energy this many dB above the noise floor."""
+    off_db: float = 8.0
+    """A sound ends when band energy falls below floor + off_db (hysteresis)."""
+    flux_db: float = 6.0
+    """An onset also needs the mean positive spectral change vs. the previous frame above this, in dB."""
+    min_level_dbfs: float = -55.0
+    """Band energy below this absolute level in dBFS never triggers (digital silence, hiss)."""
+    refractory_ms: float = 250.0
+    """No new onset within this many milliseconds after a sound ends."""
+    hangover_ms: float = 80.0
+    """A sound ends only after this many milliseconds below the off level."""
+    max_duration_ms: float = 1500.0
+    """A sound longer than this is closed at this length, in milliseconds."""
+    floor_rise_s: float = 4.0
+    """Time constant, in seconds, with which the noise floor rises towards louder background."""
+    floor_fall_s: float = 0.2
+    """Time constant, in seconds, with which the noise floor falls towards quieter background."""
+
+    def __post_init__(self) -> None:
+        if not 2.0 <= self.frame_ms <= 64.0:
+            raise ValueError(f"frame_ms = {self.frame_ms} must be in [2, 64] ms")
+        if not 0 < self.band_low_hz < self.band_high_hz:
+            raise ValueError(f"band {self.band_low_hz}-{self.band_high_hz} Hz is empty")
+        if not 0 < self.off_db <= self.on_db:
+            raise ValueError(f"need 0 < off_db ({self.off_db}) <= on_db ({self.on_db})")
+        for name in ("refractory_ms", "hangover_ms", "max_duration_ms", "floor_rise_s", "floor_fall_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
+
+
+@dataclass(frozen=True)
+class Sound:
+    onset: int
+    """First sample of the frame where the sound crossed the onset threshold."""
+    offset: int
+    """First sample after the sound's last loud frame."""
+    peak_dbfs: float
+    """Loudest band energy of the sound, in dBFS."""
+
+
+class OnsetDetector:
+    def __init__(self, sample_rate: int, settings: OnsetSettings | None = None) -> None:
+        self.s = settings or OnsetSettings()
+        self.sample_rate = sample_rate
+        self.frame_samples = max(32, round(sample_rate * self.s.frame_ms / 1000))
+        freqs = np.fft.rfftfreq(self.frame_samples, 1.0 / sample_rate)
+        self._band = (freqs >= self.s.band_low_hz) & (freqs <= self.s.band_high_hz)
+        if not self._band.any():
+            raise ValueError(f"band {self.s.band_low_hz}-{self.s.band_high_hz} Hz has no FFT bins at {sample_rate} Hz")
+        self._window = np.hanning(self.frame_samples).astype(np.float32)
+        self._norm = float(np.sum(self._window**2) * self.frame_samples / 2)
+        ms = sample_rate / 1000.0
+        self._refractory = round(self.s.refractory_ms * ms)
+        self._hangover = round(self.s.hangover_ms * ms)
+        self._max_len = round(self.s.max_duration_ms * ms)
+        frame_s = self.frame_samples / sample_rate
+        self._rise = 1.0 - np.exp(-frame_s / self.s.floor_rise_s)
+        self._fall = 1.0 - np.exp(-frame_s / self.s.floor_fall_s)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state; sample positions restart at 0."""
+        self.position = 0
+        """Samples consumed into whole frames since the last reset."""
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._floor: float | None = None
+        self._prev_logspec: np.ndarray | None = None
+        self._active: tuple[int, float] | None = None  # (onset sample, peak dB)
+        self._last_loud = 0
+        self._quiet_until = 0
+        self.level_dbfs = -120.0
+        """Band energy of the latest frame, in dBFS."""
+
+    @property
+    def noise_floor_dbfs(self) -> float:
+        return -120.0 if self._floor is None else self._floor
+
+    def __call__(self, chunk: np.ndarray) -> list[Sound]:
+        """Consume ``chunk`` (mono float32 in [-1, 1], any length); return the sounds that ended in it."""
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1:
+            raise ValueError(f"expected mono audio of shape [samples], got shape {chunk.shape}")
+        data = np.concatenate([self._pending, chunk]) if self._pending.size else chunk
+        n = data.size // self.frame_samples
+        self._pending = data[n * self.frame_samples:].copy()
+        out: list[Sound] = []
+        for i in range(n):
+            sound = self.process_frame(data[i * self.frame_samples: (i + 1) * self.frame_samples])
+            if sound is not None:
+                out.append(sound)
+        return out
+
+    def process_frame(self, frame: np.ndarray) -> Sound | None:
+        """Advance by exactly one frame of ``frame_samples`` samples."""
+        if frame.shape != (self.frame_samples,):
+            raise ValueError(f"expected a frame of {self.frame_samples} samples "
+                             f"({self.s.frame_ms} ms at {self.sample_rate} Hz), got shape {frame.shape}")
+        start = self.position
+        self.position += self.frame_samples
+        power = np.abs(np.fft.rfft(frame * self._window)) ** 2 / self._norm
+        band = power[self._band]
+        level = float(10 * np.log10(band.sum() + 1e-12))
+        logspec = 10 * np.log10(band + 1e-10)
+        flux = 0.0 if self._prev_logspec is None else float(np.maximum(logspec - self._prev_logspec, 0).mean())
+        self._prev_logspec = logspec
+        self.level_dbfs = level
+        if self._floor is None:
+            self._floor = level
+        floor = self._floor
+        finished = None
+        if self._active is None:
+            loud = (level >= floor + self.s.on_db and level >= self.s.min_level_dbfs and flux >= self.s.flux_db
+                    and start >= self._quiet_until)
+            if loud:
+                self._active = (start, level)
+                self._last_loud = self.position
+            else:
+                rate = self._rise if level > floor else self._fall
+                self._floor = floor + rate * (level - floor)
+        else:
+            onset, peak = self._active
+            if level >= floor + self.s.off_db:
+                self._last_loud = self.position
+                self._active = (onset, max(peak, level))
+            ended = self.position - self._last_loud >= self._hangover
+            if ended or self.position - onset >= self._max_len:
+                finished = Sound(onset=onset, offset=self._last_loud if ended else self.position, peak_dbfs=peak)
+                self._active = None
+                self._quiet_until = finished.offset + self._refractory
+        return finished

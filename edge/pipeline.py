@@ -1,0 +1,144 @@
+"""Audio chunks -> onsets -> windows -> cough detector -> classifier -> events. No threads, no I/O."""
+from __future__ import annotations
+
+import ctypes
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+import numpy as np
+
+from .events import CoughEvent, ModelRef
+from .inference import Classifier
+from .onset import OnsetDetector, Sound
+
+
+def clock_synced() -> bool:
+    """True when the kernel says the system clock is synchronised (adjtimex state is not TIME_ERROR)."""
+    try:
+        buf = ctypes.create_string_buffer(512)  # struct timex, zeroed: modes = 0 (read only)
+        return ctypes.CDLL(None, use_errno=True).adjtimex(buf) not in (-1, 5)
+    except (OSError, AttributeError):
+        return False
+
+
+@dataclass
+class Counters:
+    sounds: int = 0
+    """Onsets the detector found."""
+    events: int = 0
+    """Sounds the cough detector accepted (published)."""
+    rejected: int = 0
+    """Sounds the cough detector judged not to be coughs."""
+    samples: int = 0
+    """Audio samples processed."""
+    busy_s: float = 0.0
+    """Processing time spent, in seconds."""
+    peak_abs: float = 0.0
+    clipped: int = 0
+    latencies_ms: list = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, detector: Classifier, classifier: Classifier, device_id: str, emit: Callable[[CoughEvent], None],
+                 *, onset: OnsetDetector | None = None, detector_threshold: float | None = None,
+                 start_utc: datetime | None = None, synced: bool | None = None) -> None:
+        rates = {detector.info.sample_rate, classifier.info.sample_rate}
+        if len(rates) != 1:
+            raise ValueError(f"the cough detector and classifier disagree on sample rate: {sorted(rates)} Hz")
+        self.sample_rate = rates.pop()
+        self.detector, self.classifier, self.device_id, self.emit = detector, classifier, device_id, emit
+        self.onset = onset or OnsetDetector(self.sample_rate)
+        if self.onset.sample_rate != self.sample_rate:
+            raise ValueError(f"onset detector runs at {self.onset.sample_rate} Hz, models at {self.sample_rate} Hz")
+        self.detector_threshold = detector.info.threshold if detector_threshold is None else detector_threshold
+        self.start_utc = start_utc or datetime.now(timezone.utc)
+        self.synced = clock_synced() if synced is None else synced
+        self._models = (detector, classifier)
+        self._after = max(m.info.window_samples - m.info.pre_roll_samples for m in self._models)
+        self._before = max(m.info.pre_roll_samples for m in self._models)
+        self._keep = self._before + self._after + round(self.onset.s.max_duration_ms * self.sample_rate / 1000)
+        self._buf = np.zeros(0, dtype=np.float32)
+        self._buf_start = 0
+        self._pending: list[Sound] = []
+        self.counters = Counters()
+
+    def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
+        """Process one chunk at the models' rate; returns the events it completed (also passed to ``emit``)."""
+        t0 = time.monotonic()
+        chunk = np.asarray(chunk, dtype=np.float32)
+        c = self.counters
+        c.samples += chunk.size
+        if chunk.size:
+            c.peak_abs = max(c.peak_abs, float(np.abs(chunk).max()))
+            c.clipped += int(np.count_nonzero(np.abs(chunk) >= 0.999))
+        self._buf = np.concatenate([self._buf, chunk])
+        for sound in self.onset(chunk):
+            c.sounds += 1
+            self._pending.append(sound)
+        events = self._drain(final=False, t_complete=t0)
+        drop = self._buf.size - self._keep
+        if drop > 0 and not self._pending:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
+        c.busy_s += time.monotonic() - t0
+        return events
+
+    def flush(self) -> list[CoughEvent]:
+        """End of stream: classify pending sounds, zero-padding windows that run past the end."""
+        return self._drain(final=True, t_complete=time.monotonic())
+
+    def _drain(self, final: bool, t_complete: float) -> list[CoughEvent]:
+        """``t_complete``: when the chunk that completed the windows arrived (latency is counted from it)."""
+        end = self._buf_start + self._buf.size
+        events, keep = [], []
+        for sound in self._pending:
+            if final or sound.onset + self._after <= end:
+                event = self._classify(sound, t_complete)
+                if event is not None:
+                    events.append(event)
+            else:
+                keep.append(sound)
+        self._pending = keep
+        return events
+
+    def _window(self, sound: Sound, model: Classifier) -> np.ndarray:
+        start = sound.onset - model.info.pre_roll_samples - self._buf_start
+        out = np.zeros(model.info.window_samples, dtype=np.float32)
+        lo, hi = max(start, 0), min(start + out.size, self._buf.size)
+        if hi > lo:
+            out[lo - start: hi - start] = self._buf[lo:hi]
+        return out
+
+    def _classify(self, sound: Sound, t_complete: float) -> CoughEvent | None:
+        det = self.detector(self._window(sound, self.detector)[None])[0]
+        cough_score = float(det[self.detector.info.positive_index])
+        if cough_score < self.detector_threshold:
+            self.counters.rejected += 1
+            return None
+        info = self.classifier.info
+        probs = self.classifier(self._window(sound, self.classifier)[None])[0]
+        if probs[info.positive_index] >= info.threshold:
+            label = info.positive_label
+        else:
+            others = [i for i in range(len(info.labels)) if i != info.positive_index]
+            label = info.labels[max(others, key=lambda i: probs[i])]
+        onset_utc = self.start_utc + timedelta(seconds=sound.onset / self.sample_rate)
+        latency_ms = (time.monotonic() - t_complete) * 1000
+        event = CoughEvent(
+            event_id=str(uuid.uuid4()), device_id=self.device_id,
+            onset_utc=onset_utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{onset_utc.microsecond // 1000:03d}Z",
+            clock_synced=self.synced, onset_sample=sound.onset, sample_rate=self.sample_rate,
+            duration_s=round((sound.offset - sound.onset) / self.sample_rate, 3), label=label,
+            probabilities={lab: round(float(p), 6) for lab, p in zip(info.labels, probs)},
+            threshold=info.threshold, cough_score=round(cough_score, 6),
+            model=ModelRef(info.name, self.classifier.sha256), detector=ModelRef(self.detector.info.name,
+                                                                                 self.detector.sha256),
+            latency_ms=round(latency_ms, 3))
+        self.counters.events += 1
+        self.counters.latencies_ms.append(latency_ms)
+        del self.counters.latencies_ms[:-1000]
+        self.emit(event)
+        return event
