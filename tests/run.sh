@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up the dev environment (system packages, .venv with torch 2.13.0 CPU) and run every test, slow ones included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v mosquitto >/dev/null || ! ldconfig -p | grep -q libportaudio.so.2; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto libportaudio2 libsndfile1 openssl >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q torch==2.13.0
+.venv/bin/pip install -q -e '.[dev]'
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,237 @@
+"""Pure logic: contract metadata, onset detection, KD loss, schedule, settings, manifests, splits."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import DEMO
+from edge.config import ConfigError, build
+from edge.contract import ContractError, parse_metadata
+from edge.onset import OnsetDetector, OnsetSettings
+from edge.settings import EdgeSettings
+
+GOOD = {"labels": '["cough", "not_cough"]', "positive_label": "cough", "sample_rate": "16000",
+        "window_samples": "16000", "threshold": "0.5", "teacher": "t", "train_data": "d", "metrics": "{}",
+        "created": "2026-01-01", "version": "1"}
+
+
+def test_contract_accepts_complete_metadata():
+    info = parse_metadata(GOOD, name="m")
+    assert info.labels == ("cough", "not_cough") and info.positive_index == 0 and info.pre_roll_samples == 4000
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"labels": None}, "lacks labels"),
+    ({"labels": "cough"}, "not JSON"),
+    ({"labels": '["a"]'}, "list of >= 2"),
+    ({"positive_label": "sneeze"}, "'sneeze' is not one of labels"),
+    ({"sample_rate": "fast"}, "'sample_rate' is not an integer"),
+    ({"threshold": "1.5"}, "outside [0, 1]"),
+    ({"version": "9"}, "contract version '9'"),
+    ({"pre_roll_samples": "20000"}, "must be smaller than window_samples"),
+])
+def test_contract_errors_say_what_is_wrong(change, message):
+    meta = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    with pytest.raises(ContractError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_metadata(meta, name="m")
+
+
+def _demo() -> np.ndarray:
+    audio, rate = sf.read(str(DEMO), dtype="float32")
+    assert rate == 16000
+    return audio
+
+
+def _run(det: OnsetDetector, audio: np.ndarray, chunk: int):
+    det.reset()
+    out = []
+    for s in range(0, audio.size, chunk):
+        out += det(audio[s: s + chunk])
+    return out
+
+
+def test_onset_decisions_do_not_depend_on_chunk_size():
+    audio = _demo()
+    det = OnsetDetector(16000)
+    reference = _run(det, audio, 16000)
+    assert len(reference) >= 5
+    for chunk in (1, 7, 160, 256, 1000, 4096, audio.size):
+        assert _run(det, audio, chunk) == reference, chunk
+
+
+def test_onsets_match_the_known_cough_times():
+    import csv
+
+    truth = [float(r["onset_s"]) for r in csv.DictReader(open(DEMO.with_suffix(".truth.csv")))]
+    found = [s.onset / 16000 for s in _run(OnsetDetector(16000), _demo(), 4000)]
+    for t in truth:
+        assert min(abs(t - f) for f in found) < 0.1, (t, found)
+
+
+def test_onset_detector_ignores_silence_and_steady_noise():
+    det = OnsetDetector(16000)
+    assert det(np.zeros(16000 * 5, dtype=np.float32)) == []
+    det.reset()  # steady noise from the start: its floor adapts, nothing stands out
+    noise = np.random.default_rng(0).standard_normal(16000 * 5).astype(np.float32) * 0.05
+    assert det(noise) == []
+
+
+def test_onset_frame_size_error_names_the_expected_size():
+    det = OnsetDetector(16000)
+    with pytest.raises(ValueError, match=f"expected a frame of {det.frame_samples} samples"):
+        det.process_frame(np.zeros(100, dtype=np.float32))
+    with pytest.raises(ValueError, match="mono"):
+        det(np.zeros((10, 2), dtype=np.float32))
+
+
+def test_onset_reset_restarts_sample_positions():
+    audio = _demo()
+    det = OnsetDetector(16000)
+    first = _run(det, audio, 512)
+    det(audio)  # more audio moves the position on
+    assert _run(det, audio, 512) == first
+
+
+def test_onset_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="off_db"):
+        OnsetSettings(on_db=5, off_db=10)
+
+
+def test_config_errors_name_the_key_and_value(tmp_path):
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("[mqtt]\nport = 70000\n")
+    with pytest.raises(ConfigError, match="port = 70000"):
+        build(EdgeSettings, file=cfg)
+    cfg.write_text("[mqtt]\nprot = 1\n")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['prot'\]"):
+        build(EdgeSettings, file=cfg)
+    cfg.write_text("[model]\nthreads = 'many'\n")
+    with pytest.raises(ConfigError, match="model.threads = 'many'"):
+        build(EdgeSettings, file=cfg)
+
+
+def test_config_precedence_file_env_flag(tmp_path):
+    import argparse
+
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('[mqtt]\nhost = "file"\nport = 1884\n[device]\nid = "from-file"\n')
+    env = {"COUGHWATCH_MQTT_PASSWORD": "secret", "COUGHWATCH_MQTT_PORT": "1885"}
+    args = argparse.Namespace(mqtt_port="1886")
+    s = build(EdgeSettings, file=cfg, args=args, env_prefix="COUGHWATCH", environ=env)
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.password, s.device.id) == ("file", 1886, "secret", "from-file")
+
+
+# trainer pure logic ----------------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+
+
+def test_kd_loss_matches_a_hand_computed_value():
+    from trainer.losses import kd_loss
+
+    s = torch.tensor([[1.0, 0.0]])
+    t = torch.tensor([[0.0, 1.0]])
+    y = torch.tensor([0])
+    T, alpha = 2.0, 0.25
+    ps = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]
+    pt = ps[::-1]
+    kl = sum(p * math.log(p / q) for p, q in zip(pt, ps))
+    ce = -math.log(math.e / (math.e + 1))
+    terms = kd_loss(s, t, y, alpha=alpha, temperature=T)
+    assert terms["kl"].item() == pytest.approx(kl, rel=1e-5)
+    assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(alpha * T * T * kl + (1 - alpha) * ce, rel=1e-5)
+    with pytest.raises(AssertionError, match="alpha"):
+        kd_loss(s, t, y, alpha=1.5, temperature=T)
+
+
+def test_warmup_then_linear_decay():
+    from trainer.losses import warmup_linear
+
+    values = [warmup_linear(i, warmup_steps=2, total_steps=6) for i in range(7)]
+    assert values == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+
+
+def test_manifest_errors_name_the_problem(tmp_path):
+    from trainer.data import ManifestError, load_manifest
+
+    (tmp_path / "m.csv").write_text("file,label\na.wav,x\n")
+    with pytest.raises(ManifestError, match="missing column 'path'"):
+        load_manifest(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text("path,label\na.wav,\n")
+    with pytest.raises(ManifestError, match=r"m.csv:2: empty"):
+        load_manifest(tmp_path / "m.csv")
+    with pytest.raises(ManifestError, match="no such manifest"):
+        load_manifest(tmp_path / "nope.csv")
+
+
+def _write(path, audio, sr=16000):
+    sf.write(str(path), audio, sr)
+
+
+def test_load_audio_dedups_skips_bad_files_and_splits_by_group(tmp_path, caplog):
+    from trainer.data import load_audio, load_manifest, split
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,participant,source"]
+    for p in range(20):
+        for k, label in enumerate(("pos", "neg")):
+            _write(tmp_path / f"{p}_{k}.wav", rng.standard_normal(8000).astype(np.float32) * 0.1)
+            rows.append(f"{p}_{k}.wav,{label},p{p},s{p % 2}")
+    (tmp_path / "dup.wav").write_bytes((tmp_path / "0_0.wav").read_bytes())
+    rows.append("dup.wav,pos,p0,s0")  # identical content, same label: kept once
+    (tmp_path / "broken.wav").write_bytes(b"RIFF not audio")
+    rows.append("broken.wav,pos,p99,s0")
+    _write(tmp_path / "silent.wav", np.zeros(8000, dtype=np.float32))
+    rows.append("silent.wav,neg,p98,s0")
+    _write(tmp_path / "short.wav", np.ones(100, dtype=np.float32) * 0.1)
+    rows.append("short.wav,neg,p97,s0")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    clips = load_manifest(tmp_path)
+    assert clips[0].extra["source"] == "s0"
+    kept = load_audio(clips, 16000, min_samples=1600, progress=False)
+    assert len(kept) == 40
+    text = caplog.text
+    assert "broken.wav: cannot decode" in text and "silent.wav: silent" in text and "short.wav: 100 samples" in text
+    parts = split(kept, val=0.2, test=0.2, seed=0)
+    groups = [{c.group for c in part} for part in parts.values()]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(p) for p in parts.values()) == 40
+    for part in parts.values():
+        assert {c.label for c in part} == {"pos", "neg"}
+
+
+def test_trainer_settings_reject_bad_values():
+    from trainer.settings import KdSettings, Settings, DataSettings
+
+    with pytest.raises(ValueError, match="kd.alpha = 2.0"):
+        Settings(data=DataSettings(manifest="x"), kd=KdSettings(alpha=2.0)).validate()
+
+
+def test_teacher_loads_from_a_local_save_pretrained_folder(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    from trainer.models import TEACHER_PRESETS, build_teacher
+
+    cfg = Wav2Vec2Config(**TEACHER_PRESETS["tiny"], num_labels=2)
+    Wav2Vec2ForSequenceClassification(cfg).save_pretrained(tmp_path / "w2v")
+    teacher = build_teacher(str(tmp_path / "w2v"), ("positive", "negative"), "positive", window_samples=16000,
+                            pre_roll_samples=4000)
+    assert teacher.model.config.id2label == {0: "positive", 1: "negative"}
+    logits = teacher(torch.zeros(2, 16000) + 0.01 * torch.randn(2, 16000))
+    assert logits.shape == (2, 2)
+
+
+def test_w2v_small_copies_the_teachers_first_layers():
+    from trainer.models import build_teacher, build_w2v_small
+
+    teacher = build_teacher("preset:tiny", ("a", "b"), "a", window_samples=16000, pre_roll_samples=4000)
+    small = build_w2v_small(teacher, layers=1)
+    assert small.model.config.num_hidden_layers == 1
+    t_sd, s_sd = teacher.model.state_dict(), small.model.state_dict()
+    for key in s_sd:
+        assert torch.equal(s_sd[key], t_sd[key]), key

@@ -1,0 +1,65 @@
+"""`trainer evaluate` and `trainer export`: score any checkpoint or ONNX file, re-export a checkpoint."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import data as D
+from .evaluate import evaluate
+from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
+from .models import load_checkpoint
+from .train import eval_windows, predict_logits, softmax
+
+
+def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", group_by: str = "",
+                  threshold: float | None = None, bootstrap: int = 1000) -> dict:
+    """Metrics for a checkpoint folder or ONNX file on every usable clip of ``manifest``."""
+    if model_path.suffix == ".onnx":
+        from edge.inference import Classifier
+
+        info = Classifier(model_path).info
+        labels, positive, window, pre_roll = info.labels, info.positive_label, info.window_samples, info.pre_roll_samples
+        threshold = info.threshold if threshold is None else threshold
+        predict = lambda w: run_onnx(model_path, w)  # noqa: E731
+    else:
+        model = load_checkpoint(model_path)
+        spec = model.spec
+        labels, positive, window, pre_roll = spec.labels, spec.positive_label, spec.window_samples, spec.pre_roll_samples
+        threshold = 0.5 if threshold is None else threshold
+        predict = lambda w: softmax(predict_logits(model, w))  # noqa: E731
+    positive = positive_label or positive
+    clips = D.load_manifest(manifest)
+    D.relabel(clips, positive)
+    unknown = {c.label for c in clips} - set(labels)
+    if unknown:
+        raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(labels)}")
+    clips = D.load_audio(clips, 16000, min_samples=1600)
+    targets = np.array([labels.index(c.label) for c in clips])
+    probs = predict(eval_windows(clips, window, pre_roll))
+    groups = [c.column(group_by) for c in clips] if group_by else None
+    return {"model": str(model_path), "manifest": str(manifest),
+            **evaluate(probs, targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
+
+
+def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool, calibration: str) -> None:
+    model = load_checkpoint(checkpoint)
+    report_path = checkpoint.parent / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if threshold is None:
+        if "thresholds" not in report:
+            raise ValueError(f"no --threshold given and no {report_path} to take the validation threshold from")
+        threshold = report["thresholds"]["student"]
+    metrics = {"roc_auc": report.get("results", {}).get("student", {}).get("pooled", {}).get("roc_auc")}
+    settings = report.get("settings", {})
+    meta = contract_metadata(model.spec, threshold=threshold, train_data=settings.get("data", {}).get("manifest", "?"),
+                             teacher=settings.get("teacher", {}).get("source", "?"), metrics=metrics)
+    export_onnx(model, out, meta, name=checkpoint.parent.name or out.stem)
+    if int8:
+        if not calibration:
+            raise ValueError("--int8 needs --calibration <manifest> (audio to calibrate activations on)")
+        clips = D.load_audio(D.load_manifest(calibration)[:128], 16000, min_samples=1600)
+        quantize_int8(out, out.with_suffix(".int8.onnx"), eval_windows(clips, model.spec.window_samples,
+                                                                        model.spec.pre_roll_samples),
+                      kind=model.spec.kind)
