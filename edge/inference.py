@@ -35,9 +35,12 @@ class Classifier:
             raise ContractError(f"{path}: onnxruntime cannot load it: {exc}") from exc
         meta = self.session.get_modelmeta()
         name = meta.graph_name if meta.graph_name and meta.graph_name not in ("main_graph", "torch_jit") else path.stem
-        self.info: ModelInfo = parse_metadata(dict(meta.custom_metadata_map), name=name)
-        check_io(self.info, [(i.name, i.shape) for i in self.session.get_inputs()],
-                 [(o.name, o.shape) for o in self.session.get_outputs()])
+        try:
+            self.info: ModelInfo = parse_metadata(dict(meta.custom_metadata_map), name=name)
+            check_io(self.info, [(i.name, i.shape) for i in self.session.get_inputs()],
+                     [(o.name, o.shape) for o in self.session.get_outputs()])
+        except ContractError as exc:
+            raise ContractError(f"{path}: {exc}") from exc
         self.path = path
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:

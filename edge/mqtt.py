@@ -116,6 +116,7 @@ class MqttSink:
         self.client.on_publish = self._on_publish
         self._lock = threading.Lock()
         self._inflight: dict[int, str] = {}
+        self._early_acks: set[int] = set()
         self._sent_up_to = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -142,6 +143,7 @@ class MqttSink:
                 client.publish(topic, payload, qos=1, retain=True)
         with self._lock:
             self._inflight.clear()
+            self._early_acks.clear()
             self._sent_up_to = 0
         self.connected.set()
         self._wake.set()
@@ -153,8 +155,11 @@ class MqttSink:
                         self.s.reconnect_max_s)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        # paho calls this holding its own message lock: never call into the client from here.
         with self._lock:
             event_id = self._inflight.pop(mid, None)
+            if event_id is None:
+                self._early_acks.add(mid)  # PUBACK before the sender recorded the mid
         if event_id is not None:
             self.outbox.remove(event_id)
             self._wake.set()
@@ -174,12 +179,19 @@ class MqttSink:
                 if not batch:
                     break
                 for seq, event_id, topic, payload in batch:
+                    # Publish outside self._lock: paho's network thread holds its own lock while it calls
+                    # _on_publish, which takes self._lock (holding both here would deadlock).
+                    info = self.client.publish(topic, payload, qos=1)
+                    if info.rc != 0:
+                        break
                     with self._lock:
-                        info = self.client.publish(topic, payload, qos=1)
-                        if info.rc != 0:
-                            break
-                        self._inflight[info.mid] = event_id
                         self._sent_up_to = seq
+                        acked = info.mid in self._early_acks
+                        self._early_acks.discard(info.mid)
+                        if not acked:
+                            self._inflight[info.mid] = event_id
+                    if acked:
+                        self.outbox.remove(event_id)
 
     # Sink interface (pipeline thread)
     def submit(self, event: CoughEvent) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: a real mosquitto on a free loopback port, tiny real models, real audio."""
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -52,7 +53,9 @@ def make_broker(folder: Path, extra: str = "") -> Broker:
         pytest.fail("mosquitto is not installed (apt-get install mosquitto)")
     port = free_port()
     conf = folder / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\npersistence false\n{extra or 'allow_anonymous true'}\n")
+    # Started as root, mosquitto drops to its own user and could not read pytest's private tmp folder.
+    user = f"user {getpass.getuser()}\n"
+    conf.write_text(f"{user}listener {port} 127.0.0.1\npersistence false\n{extra or 'allow_anonymous true'}\n")
     return Broker(port, folder, conf)
 
 

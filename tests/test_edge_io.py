@@ -199,7 +199,7 @@ def test_a_model_without_contract_metadata_is_refused(tiny_model, tmp_path):
     result = edge("run", "--model-detector", str(bare), "--model-classifier", str(CLASSIFIER), "--source", str(DEMO),
                   "--fast", "--device-id", "t")
     assert result.returncode == 2
-    assert "bare: metadata_props lacks labels" in result.stderr and "trainer export" in result.stderr
+    assert "bare.onnx: tiny: metadata_props lacks labels" in result.stderr and "trainer export" in result.stderr
 
 
 def test_bad_flag_value_names_the_key(tmp_path):
