@@ -51,7 +51,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = _source(args, s, rate)
     sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events)) if s.mqtt.host \
         else StdoutSink()
-    pipeline = Pipeline(detector, classifier, s.device.id, sink.submit, onset=OnsetDetector(rate, s.onset),
+    def emit(event) -> None:
+        log.info("event id=%s onset_utc=%s label=%s cough_score=%.3f", event.event_id, event.onset_utc, event.label,
+                 event.cough_score)
+        sink.submit(event)
+
+    pipeline = Pipeline(detector, classifier, s.device.id, emit, onset=OnsetDetector(rate, s.onset),
                         detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold)
     daemon = Daemon(source, pipeline, sink, Notifier(), stats_interval_s=s.mqtt.stats_interval_s,
                     silence_s=s.device.silence_s, shutdown_flush_s=s.device.shutdown_flush_s)
@@ -70,7 +75,9 @@ def cmd_listen(args: argparse.Namespace) -> int:
     s = _settings(args)
     if not s.mqtt.host:
         raise config.ConfigError("mqtt.host is empty: `edge listen` needs a broker (--mqtt-host)")
-    client = make_client(s.mqtt, f"coughwatch-listen-{os.getpid()}")
+    # A named session is persistent: the broker queues events for it while this subscriber is away.
+    client_id = f"coughwatch-listen-{args.session}" if args.session else f"coughwatch-listen-{os.getpid()}"
+    client = make_client(s.mqtt, client_id, clean_session=not args.session)
     seen: OrderedDict[str, None] = OrderedDict()
     done = threading.Event()
     count = [0]
@@ -153,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--count", type=int, default=0, help="exit after this many events")
             p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds (0 = never)")
             p.add_argument("--all", action="store_true", help="also print status and stats messages")
+            p.add_argument("--session", default="", help="persistent session name: miss nothing while away")
         if name == "check":
             p.add_argument("--skip-mic", action="store_true", help="do not open the microphone")
     args = parser.parse_args(argv)

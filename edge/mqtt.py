@@ -12,6 +12,7 @@ import logging
 import ssl
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
@@ -88,12 +89,12 @@ class StdoutSink:
         self.stream.flush()
 
 
-def make_client(s: MqttSettings, client_id: str, *, will_topic: str | None = None):
+def make_client(s: MqttSettings, client_id: str, *, will_topic: str | None = None, clean_session: bool = True):
     """A paho v2 client with TLS, credentials, last will and back-off configured (not yet connected)."""
     import paho.mqtt.client as mqtt
 
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv311, clean_session=True)
+                         protocol=mqtt.MQTTv311, clean_session=clean_session)
     if s.username:
         client.username_pw_set(s.username, s.password or None)
     if s.tls:
@@ -209,12 +210,10 @@ class MqttSink:
 
     def close(self, timeout: float) -> None:
         """Flush the outbox as far as the broker allows within ``timeout`` s, publish offline, disconnect."""
-        deadline = threading.Event()
-        waited = 0.0
-        while self.connected.is_set() and self.outbox.depth() and waited < timeout:
+        deadline = time.monotonic() + timeout
+        while self.outbox.depth() and time.monotonic() < deadline:  # a broker still connecting gets its chance
             self._wake.set()
-            deadline.wait(0.05)
-            waited += 0.05
+            time.sleep(0.05)
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=2)
