@@ -17,10 +17,20 @@ SR = 16000
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
-def load(path: Path) -> np.ndarray:
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+def load(path: Path) -> np.ndarray | None:
+    """Mono float32 at 16 kHz, or None for an unreadable or silent file."""
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        return None
     audio = audio.mean(axis=1)
-    return soxr.resample(audio, rate, SR) if rate != SR else audio
+    audio = soxr.resample(audio, rate, SR) if rate != SR else audio
+    return audio if audio.size > SR // 2 and np.abs(audio).max() > 1e-3 else None
+
+
+def held_out_participants(splits_csv: Path) -> set[str]:
+    """Participants in the cough detector's test split: background the detector never trained on."""
+    return {r["group"] for r in csv.DictReader(open(splits_csv)) if r["split"] == "test"}
 
 
 def main() -> None:
@@ -29,6 +39,8 @@ def main() -> None:
     ap.add_argument("--gap-s", type=float, default=6.0, help="mean seconds between coughs")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--splits", type=Path, default=Path(__file__).resolve().parent.parent / "models" /
+                    "cough-detector" / "splits.csv", help="take background only from this run's test participants")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -36,11 +48,16 @@ def main() -> None:
                   if 0.4 <= float(r["duration_s"]) <= 3.0]
     bg_rows = [r for r in csv.DictReader(open(args.data / "coswara-20200413/manifest.csv"))
                if r["label"] in ("breathing", "counting", "vowel")]
+    if args.splits.is_file():
+        held = held_out_participants(args.splits)
+        bg_rows = [r for r in bg_rows if r["participant"] in held]
     n = int(args.minutes * 60 * SR)
     stream = np.zeros(n, dtype=np.float32)
     pos = 0  # background: Coswara recordings back to back, scaled to a quiet room level
     while pos < n:
         bg = load(args.data / "coswara-20200413" / rng.choice(bg_rows)["path"])
+        if bg is None:
+            continue
         bg = bg / (np.sqrt(np.mean(bg**2)) + 1e-9) * 0.01
         take = min(bg.size, n - pos)
         stream[pos: pos + take] += bg[:take]
@@ -51,6 +68,8 @@ def main() -> None:
     while True:
         row = cough_rows[int(rng.integers(len(cough_rows)))]
         cough = load(args.data / "covid19-cough" / row["path"])
+        if cough is None:
+            continue
         energy = np.convolve(cough**2, np.ones(160) / 160, mode="same")
         loud = np.flatnonzero(energy > energy.max() * 10 ** (-20 / 10))
         cough = cough[max(0, loud[0] - 160): loud[-1] + 1600]

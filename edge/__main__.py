@@ -52,9 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events)) if s.mqtt.host \
         else StdoutSink()
     def emit(event) -> None:
+        sink.submit(event)  # durable first: an id that was logged is in the outbox
         log.info("event id=%s onset_utc=%s label=%s cough_score=%.3f", event.event_id, event.onset_utc, event.label,
                  event.cough_score)
-        sink.submit(event)
 
     pipeline = Pipeline(detector, classifier, s.device.id, emit, onset=OnsetDetector(rate, s.onset),
                         detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold)

@@ -28,7 +28,12 @@ class OnsetSettings:
     min_level_dbfs: float = -55.0
     """Band energy below this absolute level in dBFS never triggers (digital silence, hiss)."""
     refractory_ms: float = 250.0
-    """No new onset within this many milliseconds after a sound ends."""
+    """No new onset within this many milliseconds after a sound ends, unless it is a sudden rise."""
+    retrigger_db: float = 12.0
+    """A rise of this many dB over the previous frames (with flux) starts a new sound even while one is
+    active or refractory, so a cough right after a word is not swallowed by it."""
+    min_gap_ms: float = 100.0
+    """A re-triggered onset needs at least this many milliseconds since the current sound's onset."""
     hangover_ms: float = 80.0
     """A sound ends only after this many milliseconds below the off level."""
     max_duration_ms: float = 1500.0
@@ -45,7 +50,7 @@ class OnsetSettings:
             raise ValueError(f"band {self.band_low_hz}-{self.band_high_hz} Hz is empty")
         if not 0 < self.off_db <= self.on_db:
             raise ValueError(f"need 0 < off_db ({self.off_db}) <= on_db ({self.on_db})")
-        for name in ("refractory_ms", "hangover_ms", "max_duration_ms", "floor_rise_s", "floor_fall_s"):
+        for name in ("retrigger_db", "min_gap_ms", "refractory_ms", "hangover_ms", "max_duration_ms", "floor_rise_s", "floor_fall_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
 
@@ -75,6 +80,7 @@ class OnsetDetector:
         self._refractory = round(self.s.refractory_ms * ms)
         self._hangover = round(self.s.hangover_ms * ms)
         self._max_len = round(self.s.max_duration_ms * ms)
+        self._min_gap = round(self.s.min_gap_ms * ms)
         frame_s = self.frame_samples / sample_rate
         self._rise = 1.0 - np.exp(-frame_s / self.s.floor_rise_s)
         self._fall = 1.0 - np.exp(-frame_s / self.s.floor_fall_s)
@@ -90,6 +96,7 @@ class OnsetDetector:
         self._active: tuple[int, float] | None = None  # (onset sample, peak dB)
         self._last_loud = 0
         self._quiet_until = 0
+        self._prev_levels = [-120.0, -120.0]
         self.level_dbfs = -120.0
         """Band energy of the latest frame, in dBFS."""
 
@@ -130,13 +137,18 @@ class OnsetDetector:
             self._floor = level
         floor = self._floor
         finished = None
+        above = level >= floor + self.s.on_db and level >= self.s.min_level_dbfs and flux >= self.s.flux_db
+        sudden = above and level - max(self._prev_levels) >= self.s.retrigger_db
+        self._prev_levels = [self._prev_levels[1], level]
+        if self._active is not None and sudden and start - self._active[0] >= self._min_gap:
+            onset, peak = self._active  # a new sound starts on top of the current one: close it here
+            finished = Sound(onset=onset, offset=start, peak_dbfs=peak)
+            self._active = None
         if self._active is None:
-            loud = (level >= floor + self.s.on_db and level >= self.s.min_level_dbfs and flux >= self.s.flux_db
-                    and start >= self._quiet_until)
-            if loud:
+            if above and (start >= self._quiet_until or sudden):
                 self._active = (start, level)
                 self._last_loud = self.position
-            else:
+            elif finished is None:
                 rate = self._rise if level > floor else self._fall
                 self._floor = floor + rate * (level - floor)
         else:

@@ -35,7 +35,18 @@ class Clip:
     audio: np.ndarray | None = None
 
     def column(self, name: str) -> str:
-        return self.label if name == "label" else str(self.extra.get(name, ""))
+        return self.label if name == "label" else (str(self.extra.get(name, "")) or "(none)")
+
+
+def load_manifests(locations: str, label_map: str = "") -> list[Clip]:
+    """Several comma-separated manifests concatenated, with ``from=to`` label renames applied."""
+    mapping = dict(pair.split("=", 1) for pair in label_map.split(",") if pair)
+    clips = [clip for loc in locations.split(",") if loc for clip in load_manifest(loc)]
+    for clip in clips:
+        if clip.label in mapping:
+            clip.extra.setdefault("original_label", clip.label)
+            clip.label = mapping[clip.label]
+    return clips
 
 
 def load_manifest(location: str | Path) -> list[Clip]:

@@ -37,7 +37,7 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     # Data
     sr = s.data.sample_rate
     window, pre_roll = round(s.data.window_s * sr), round(s.data.pre_roll_s * sr)
-    clips = D.load_manifest(s.data.manifest)
+    clips = D.load_manifests(s.data.manifest, s.data.label_map)
     all_labels = sorted({c.label for c in clips})
     positive = s.data.positive_label or ("positive" if "positive" in all_labels else "")
     if not positive:
@@ -110,7 +110,8 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
                                                                 targets["test"], **kd_cfg)
 
     # Export, then score the exported files exactly as the edge will run them
-    train_data = f"{Path(s.data.manifest).name} ({len(parts['train'])} train clips, seed {s.run.seed})"
+    sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
+    train_data = f"{sets} ({len(parts['train'])} train clips, seed {s.run.seed})"
     summary = {"roc_auc": results["student"]["pooled"]["roc_auc"],
                "roc_auc_ci95": results["student"]["pooled"]["roc_auc_ci95"], "split": "test"}
     meta = contract_metadata(student.spec, threshold=thresholds["student"], train_data=train_data,

@@ -15,7 +15,9 @@ from edge import config
 @dataclass(frozen=True)
 class DataSettings:
     manifest: str = ""
-    """CSV manifest or folder (required)."""
+    """CSV manifest or folder (required); several, comma-separated, are concatenated."""
+    label_map: str = ""
+    """Rename labels on loading: comma-separated ``from=to`` pairs (e.g. ``positive=cough,negative=cough``)."""
     positive_label: str = ""
     """Label scored as positive; other labels are merged into ``not_<positive>`` (default: 'positive' if present)."""
     group_by: str = ""
@@ -117,6 +119,9 @@ class Settings:
         for ok, key, value, why in checks:
             if not ok:
                 raise ValueError(f"{key} = {value!r} {why}")
+        pairs = [p for p in d.label_map.split(",") if p]
+        if any(p.count("=") != 1 or not all(p.split("=")) for p in pairs):
+            raise ValueError(f"data.label_map = {d.label_map!r} must be comma-separated from=to pairs")
         try:
             widths = [int(w) for w in s.widths.split(",")]
         except ValueError:
