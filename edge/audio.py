@@ -120,9 +120,18 @@ class StdinSource:
         self._tail = b""
 
     def read(self, timeout: float = 1.0) -> np.ndarray | None:
-        data = self._tail + self.stream.read(self._bytes)
+        """Waits at most ``timeout`` s (a stalled pipe must not block shutdown); empty array if nothing came."""
+        import os
+        import select
+
+        fd = self.stream.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return np.zeros(0, dtype=np.float32)
+        data = os.read(fd, self._bytes)
         if not data:
             return None
+        data = self._tail + data
         even = len(data) - len(data) % 2
         self._tail = data[even:]
         return self._resample(np.frombuffer(data[:even], dtype="<i2").astype(np.float32) / 32768.0)

@@ -1,4 +1,4 @@
-"""`trainer`: distill, evaluate, export. The composition root: parse, validate, wire, run."""
+"""`trainer`: distill, evaluate, export, benchmark. The composition root: parse, validate, wire, run."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx (needs --calibration)")
     p.add_argument("--calibration", default="", help="manifest whose audio calibrates int8 quantisation")
 
+    p = sub.add_parser("benchmark", help="size, MACs and single-thread latency: student vs teacher vs wav2vec2-base")
+    p.add_argument("--run", type=Path, required=True, help="run folder (student/, teacher/, student*.onnx)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model (median reported)")
+    p.add_argument("--skip-base", action="store_true", help="skip the wav2vec2-base-sized references")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -56,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from .tools import reexport
 
             reexport(args.checkpoint, args.out, threshold=args.threshold, int8=args.int8, calibration=args.calibration)
+        elif args.command == "benchmark":
+            from .benchmark import run_benchmark
+
+            run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,14 +18,22 @@ class AugmentSettings:
     """Probability of a 300-3400 Hz telephone band-limit."""
     p: float = 0.5
     """Probability of each of noise and shift."""
+    mix_p: float = 0.3
+    """Probability of mixing in another clip's window as background (speech, breathing, other coughs)."""
+    mix_snr_db: tuple[float, float] = (10.0, 30.0)
+    """Foreground-to-background ratio of the mixed-in window, drawn uniformly in this range (dB)."""
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.p <= 1.0 and 0.0 <= self.telephone_p <= 1.0):
             raise ValueError("augmentation probabilities must be in [0, 1]")
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_rate: int = 16000) -> np.ndarray:
+def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_rate: int = 16000,
+            background: np.ndarray | None = None) -> np.ndarray:
     x = x.astype(np.float32, copy=True)
+    if background is not None and rng.random() < s.mix_p:
+        ratio = np.sqrt((np.mean(x**2) + 1e-10) / (np.mean(background**2) + 1e-10))
+        x = x + background * np.float32(ratio / 10 ** (rng.uniform(*s.mix_snr_db) / 20))
     if rng.random() < s.p and s.shift_samples:
         shift = int(rng.integers(-s.shift_samples, s.shift_samples + 1))
         x = np.roll(x, shift)

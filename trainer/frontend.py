@@ -15,8 +15,9 @@ from torch import nn
 class FrontendConfig:
     sample_rate: int = 16000
     """Input sample rate in Hz."""
-    n_fft: int = 400
-    """FFT size in samples (25 ms at 16 kHz)."""
+    n_fft: int = 512
+    """FFT and window size in samples (32 ms at 16 kHz); a power of two, for which onnxruntime's STFT
+    uses a fast FFT (n_fft = 400 ran about 6x slower on one core)."""
     hop: int = 160
     """Hop between frames in samples (10 ms at 16 kHz)."""
     n_mels: int = 40

@@ -61,7 +61,9 @@ class CropDataset(Dataset):
         crop = self.crops[i]
         x = window_at(self.clips[crop.clip].audio, crop.anchor, self.window, self.pre_roll)
         if self.aug is not None:
-            x = augment(x, self.rng, self.aug)
+            other = self.crops[int(self.rng.integers(len(self.crops)))]
+            background = window_at(self.clips[other.clip].audio, other.anchor, self.window, self.pre_roll)
+            x = augment(x, self.rng, self.aug, background=background)
         return torch.from_numpy(x), int(self.targets[i]), i
 
 
