@@ -1,0 +1,78 @@
+"""`trainer distill` end to end on real audio and a tiny teacher, then evaluate and re-export its output."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from trainer.__main__ import main
+
+    out = tmp_path_factory.mktemp("run") / "covid"
+    rc = main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", "preset:tiny", "--teacher-epochs", "2",
+               "--student-epochs", "2", "--student-widths", "8,16", "--data-group-by", "source",
+               "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "50",
+               "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+@pytest.mark.slow
+def test_distill_writes_a_complete_run(run):
+    for name in ("teacher/coughwatch.json", "student/coughwatch.json", "student/model.pt", "student.onnx",
+                 "student.int8.onnx", "report.json", "report.md", "MODEL_CARD.md", "roc.png", "confusion.png",
+                 "training.png", "settings.json", "splits.csv", "teacher_cache.pt"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    for model in ("teacher", "student", "student.onnx", "student.int8.onnx"):
+        pooled = report["results"][model]["pooled"]
+        assert 0.0 <= pooled["roc_auc"] <= 1.0 and len(pooled["roc_auc_ci95"]) == 2
+        assert set(report["results"][model]["by_group"]) == {"call-center", "telegram"}
+    assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
+    assert {"loss", "kl", "ce", "val_auc"} <= set(report["history"]["student"][0])
+    assert (run / "student.int8.onnx").stat().st_size <= 250_000
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "Not a diagnosis" in card and "trainer distill" in card
+    splits = [line.split(",") for line in (run / "splits.csv").read_text().splitlines()[1:]]
+    by_split = {}
+    for split, *_rest, sha in splits:
+        by_split.setdefault(split, set()).add(sha)
+    assert not (by_split["train"] & by_split["test"] or by_split["val"] & by_split["test"])
+
+
+@pytest.mark.slow
+def test_exported_model_passes_the_edge_contract_and_matches_pytorch(run):
+    import torch
+
+    from edge.inference import Classifier
+    from trainer.export import run_onnx, seeded_input
+    from trainer.models import load_checkpoint
+
+    model = load_checkpoint(run / "student")
+    x = seeded_input(model.spec, seed=7)
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(x)), -1).numpy()
+    assert np.abs(run_onnx(run / "student.onnx", x) - expected).max() < 1e-4
+    info = Classifier(run / "student.int8.onnx").info
+    assert info.labels == ("positive", "negative") and info.window_samples == 16000 and 0 <= info.threshold <= 1
+
+
+@pytest.mark.slow
+def test_evaluate_and_reexport(run, tmp_path, capsys):
+    from trainer.__main__ import main
+
+    assert main(["evaluate", str(run / "student.int8.onnx"), "--data", str(DATA / "covid-sample"),
+                 "--group-by", "source", "--bootstrap", "20", "--out", str(tmp_path / "m.json")]) == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["pooled"]["n"] == 31 and "telegram" in metrics["by_group"]
+    assert main(["export", str(run / "student"), "--out", str(tmp_path / "again.onnx")]) == 0
+    from edge.inference import Classifier
+
+    assert Classifier(tmp_path / "again.onnx").info.positive_label == "positive"
