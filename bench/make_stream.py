@@ -28,9 +28,10 @@ def load(path: Path) -> np.ndarray | None:
     return audio if audio.size > SR // 2 and np.abs(audio).max() > 1e-3 else None
 
 
-def held_out_participants(splits_csv: Path) -> set[str]:
-    """Participants in the cough detector's test split: background the detector never trained on."""
-    return {r["group"] for r in csv.DictReader(open(splits_csv)) if r["split"] == "test"}
+def held_out(splits_csv: Path) -> tuple[set[str], set[str]]:
+    """Groups (participants) and file paths in a run's test split: audio its model never trained on."""
+    rows = [r for r in csv.DictReader(open(splits_csv)) if r["split"] == "test"]
+    return {r["group"] for r in rows}, {str(Path(r["path"]).resolve()) for r in rows}
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", type=Path, default=Path(__file__).resolve().parent.parent / "models" /
-                    "cough-detector" / "splits.csv", help="take background only from this run's test participants")
+                    "cough-detector" / "splits.csv", help="take coughs and background only from this run's test split")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -49,8 +50,11 @@ def main() -> None:
     bg_rows = [r for r in csv.DictReader(open(args.data / "coswara-20200413/manifest.csv"))
                if r["label"] in ("breathing", "counting", "vowel")]
     if args.splits.is_file():
-        held = held_out_participants(args.splits)
-        bg_rows = [r for r in bg_rows if r["participant"] in held]
+        groups, paths = held_out(args.splits)
+        bg_rows = [r for r in bg_rows if r["participant"] in groups]
+        cough_rows = [r for r in cough_rows if str((args.data / "covid19-cough" / r["path"]).resolve()) in paths]
+    if not cough_rows or not bg_rows:
+        raise SystemExit(f"no held-out coughs or background in {args.splits}")
     n = int(args.minutes * 60 * SR)
     stream = np.zeros(n, dtype=np.float32)
     pos = 0  # background: Coswara recordings back to back, scaled to a quiet room level

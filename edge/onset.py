@@ -113,7 +113,7 @@ class OnsetDetector:
         n = data.size // self.frame_samples
         self._pending = data[n * self.frame_samples:].copy()
         out: list[Sound] = []
-        for i in range(n):
+        for i in range(n):  # frame by frame: each frame's FFT is computed the same way whatever the chunking
             sound = self.process_frame(data[i * self.frame_samples: (i + 1) * self.frame_samples])
             if sound is not None:
                 out.append(sound)
@@ -124,12 +124,13 @@ class OnsetDetector:
         if frame.shape != (self.frame_samples,):
             raise ValueError(f"expected a frame of {self.frame_samples} samples "
                              f"({self.s.frame_ms} ms at {self.sample_rate} Hz), got shape {frame.shape}")
-        start = self.position
-        self.position += self.frame_samples
         power = np.abs(np.fft.rfft(frame * self._window)) ** 2 / self._norm
         band = power[self._band]
-        level = float(10 * np.log10(band.sum() + 1e-12))
-        logspec = 10 * np.log10(band + 1e-10)
+        return self._step(float(10 * np.log10(band.sum() + 1e-12)), 10 * np.log10(band + 1e-10))
+
+    def _step(self, level: float, logspec: np.ndarray) -> Sound | None:
+        start = self.position
+        self.position += self.frame_samples
         flux = 0.0 if self._prev_logspec is None else float(np.maximum(logspec - self._prev_logspec, 0).mean())
         self._prev_logspec = logspec
         self.level_dbfs = level

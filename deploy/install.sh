@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Install, upgrade or remove the coughwatch edge daemon on a Raspberry Pi (or any Debian-like system).
+# Idempotent: running it twice with the same arguments changes nothing the second time.
+#
+#   sudo deploy/install.sh --broker mqtts://broker.lan --device-id kitchen [--username pi --secrets-file F]
+#   sudo deploy/install.sh --upgrade            # newer package and models, config kept
+#   sudo deploy/install.sh --uninstall [--purge]  # config and outbox kept unless --purge
+#
+# Offline: --wheels DIR (coughwatch and its dependency wheels) and --models DIR (<name>/student.int8.onnx);
+# without --wheels it installs from this checkout, or from the package index.
+# --root DIR installs into a throwaway root (tests): no user creation, no service start.
+set -euo pipefail
+
+ROOT=""
+BROKER=""
+DEVICE_ID=""
+USERNAME=""
+SECRETS_FILE=""
+WHEELS=""
+MODELS=""
+MODE="install"
+PURGE=0
+START=1
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CHANGED=0
+
+die() { echo "install.sh: error: $*" >&2; exit 2; }
+say() { echo "install.sh: $*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
+    --broker) BROKER="${2:?--broker needs a URL}"; shift 2 ;;
+    --device-id) DEVICE_ID="${2:?--device-id needs a value}"; shift 2 ;;
+    --username) USERNAME="${2:?--username needs a value}"; shift 2 ;;
+    --secrets-file) SECRETS_FILE="${2:?--secrets-file needs a file}"; shift 2 ;;
+    --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
+    --models) MODELS="${2:?--models needs a directory}"; shift 2 ;;
+    --upgrade) MODE="upgrade"; shift ;;
+    --uninstall) MODE="uninstall"; shift ;;
+    --purge) PURGE=1; shift ;;
+    --no-start) START=0; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+done
+
+[ -n "$ROOT" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo), or give --root DIR"
+[ "$PURGE" -eq 0 ] || [ "$MODE" = "uninstall" ] || die "--purge only goes with --uninstall"
+if [ -n "$DEVICE_ID" ] && ! [[ "$DEVICE_ID" =~ ^[A-Za-z0-9_-]+$ ]]; then
+  die "--device-id '$DEVICE_ID' may only contain letters, digits, '-' and '_'"
+fi
+
+PREFIX="$ROOT/opt/coughwatch"
+VENV="$PREFIX/venv"
+CONF_DIR="$ROOT/etc/coughwatch"
+STATE_DIR="$ROOT/var/lib/coughwatch"
+UNIT="$ROOT/etc/systemd/system/coughwatch-edge.service"
+JOURNAL_CONF="$ROOT/etc/systemd/journald.conf.d/coughwatch.conf"
+
+systemctl_() {
+  if [ -n "$ROOT" ]; then
+    case "$1" in enable|disable) systemctl --root="$ROOT" "$@" >/dev/null 2>&1 || true ;; esac
+  elif command -v systemctl >/dev/null; then
+    systemctl "$@"
+  fi
+}
+
+# install_file SRC DEST MODE: copy only when the content or mode differs.
+install_file() {
+  local src="$1" dest="$2" mode="$3"
+  mkdir -p "$(dirname "$dest")"
+  if [ -f "$dest" ] && cmp -s "$src" "$dest" && [ "$(stat -c %a "$dest")" = "${mode#0}" ]; then
+    return 0
+  fi
+  install -m "$mode" "$src" "$dest"
+  CHANGED=1
+  say "wrote ${dest#"$ROOT"}"
+}
+
+parse_broker() {  # sets HOST PORT TLS from mqtt://host[:port] or mqtts://host[:port]
+  local url="$1" rest
+  case "$url" in
+    mqtt://*) TLS=false; rest="${url#mqtt://}"; PORT=1883 ;;
+    mqtts://*) TLS=true; rest="${url#mqtts://}"; PORT=8883 ;;
+    *) die "--broker '$url' must start with mqtt:// or mqtts://" ;;
+  esac
+  rest="${rest%%/*}"
+  HOST="${rest%%:*}"
+  if [ "$rest" != "$HOST" ]; then PORT="${rest##*:}"; fi
+  [[ "$PORT" =~ ^[0-9]+$ ]] || die "--broker '$url': port '$PORT' is not a number"
+  [ -n "$HOST" ] || die "--broker '$url' has no host"
+}
+
+write_config() {
+  local tmp
+  tmp="$(mktemp)"
+  {
+    echo "# coughwatch edge configuration (written by deploy/install.sh; edit freely, --upgrade keeps it)."
+    echo "# Results are research screening signals, not a diagnosis."
+    echo "[device]"
+    echo "id = \"${DEVICE_ID:-$(hostname)}\""
+    echo "outbox = \"/var/lib/coughwatch/outbox.sqlite\""
+    echo "outbox_max_events = 10000"
+    echo
+    echo "[model]"
+    echo "detector = \"/var/lib/coughwatch/models/cough-detector/student.int8.onnx\""
+    echo "classifier = \"/var/lib/coughwatch/models/covid-screen/student.int8.onnx\""
+    echo
+    echo "[mqtt]"
+    if [ -n "$BROKER" ]; then
+      echo "host = \"$HOST\""
+      echo "port = $PORT"
+      echo "tls = $TLS"
+    else
+      echo "host = \"\"   # empty: events go to the journal as JSON lines"
+    fi
+    [ -z "$USERNAME" ] || echo "username = \"$USERNAME\""
+    echo "# the password comes from /etc/coughwatch/secrets.env (COUGHWATCH_MQTT_PASSWORD)"
+  } >"$tmp"
+  if [ -f "$CONF_DIR/edge.toml" ] && [ -z "$BROKER$DEVICE_ID$USERNAME" ]; then
+    rm -f "$tmp"  # no new settings given: keep the existing file as it is
+    return 0
+  fi
+  install_file "$tmp" "$CONF_DIR/edge.toml" 0640
+  rm -f "$tmp"
+}
+
+write_secrets() {
+  if [ -n "$SECRETS_FILE" ]; then
+    [ -r "$SECRETS_FILE" ] || die "--secrets-file $SECRETS_FILE cannot be read"
+    grep -qE '^COUGHWATCH_[A-Z_]+=' "$SECRETS_FILE" || die "--secrets-file must hold lines like COUGHWATCH_MQTT_PASSWORD=..."
+    install_file "$SECRETS_FILE" "$CONF_DIR/secrets.env" 0600
+  elif [ -n "$USERNAME" ] && [ ! -f "$CONF_DIR/secrets.env" ] && [ -t 0 ]; then
+    local pw tmp
+    read -r -s -p "MQTT password for $USERNAME: " pw; echo
+    tmp="$(mktemp)"; chmod 600 "$tmp"
+    printf 'COUGHWATCH_MQTT_PASSWORD=%s\n' "$pw" >"$tmp"
+    install_file "$tmp" "$CONF_DIR/secrets.env" 0600
+    rm -f "$tmp"
+  fi
+}
+
+install_package() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    command -v python3 >/dev/null || die "python3 is missing (apt-get install python3 python3-venv)"
+    python3 -m venv "$VENV" || die "cannot create a virtual environment (apt-get install python3-venv)"
+    CHANGED=1
+  fi
+  if [ -x "$VENV/bin/edge" ] && [ "$MODE" != "upgrade" ]; then
+    return 0
+  fi
+  local pip=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
+  [ "$MODE" = "upgrade" ] && pip+=(--upgrade)
+  if [ -n "$WHEELS" ]; then
+    say "installing coughwatch[edge] from $WHEELS (offline)"
+    if ! "${pip[@]}" --no-index --find-links "$WHEELS" "coughwatch[edge]"; then
+      say "offline install incomplete; trying the package index"
+      "${pip[@]}" --find-links "$WHEELS" "coughwatch[edge]" || die "could not install coughwatch[edge]"
+    fi
+  elif [ -f "$HERE/../pyproject.toml" ]; then
+    say "installing coughwatch[edge] from $(cd "$HERE/.." && pwd)"
+    "${pip[@]}" "$HERE/..[edge]" || die "could not install coughwatch[edge] from the checkout"
+  else
+    "${pip[@]}" "coughwatch[edge]" || die "could not install coughwatch[edge] from the package index"
+  fi
+  CHANGED=1
+}
+
+install_models() {
+  local src="${MODELS:-$HERE/../models}" name
+  [ -d "$src" ] || die "no models at $src (give --models DIR)"
+  for name in cough-detector covid-screen; do
+    [ -f "$src/$name/student.int8.onnx" ] || die "$src/$name/student.int8.onnx is missing"
+    if [ -f "$STATE_DIR/models/$name/student.int8.onnx" ] && [ "$MODE" != "upgrade" ]; then
+      continue  # a model pushed later (deploy model push) is not overwritten by a plain re-run
+    fi
+    install_file "$src/$name/student.int8.onnx" "$STATE_DIR/models/$name/student.int8.onnx" 0644
+    [ ! -f "$src/$name/MODEL_CARD.md" ] || install_file "$src/$name/MODEL_CARD.md" "$STATE_DIR/models/$name/MODEL_CARD.md" 0644
+  done
+}
+
+ensure_user() {
+  [ -z "$ROOT" ] || return 0
+  if ! id coughwatch >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /var/lib/coughwatch --shell /usr/sbin/nologin \
+      --groups audio coughwatch
+    CHANGED=1
+    say "created system user coughwatch (group audio)"
+  fi
+}
+
+do_install() {
+  ensure_user
+  mkdir -p "$CONF_DIR" "$STATE_DIR"
+  install_package
+  install_models
+  write_config
+  write_secrets
+  local tmp
+  tmp="$(mktemp)"
+  printf '[Journal]\n# coughwatch: bound the journal to spare the SD card\nSystemMaxUse=50M\nRuntimeMaxUse=20M\n' >"$tmp"
+  install_file "$tmp" "$JOURNAL_CONF" 0644
+  rm -f "$tmp"
+  install_file "$HERE/../systemd/coughwatch-edge.service" "$UNIT" 0644
+  if [ -z "$ROOT" ]; then
+    chown -R coughwatch:coughwatch "$STATE_DIR"
+    chgrp coughwatch "$CONF_DIR" "$CONF_DIR/edge.toml"
+    chmod 0750 "$CONF_DIR"
+  fi
+  systemctl_ daemon-reload
+  systemctl_ enable coughwatch-edge.service
+  if [ "$START" -eq 1 ] && [ -z "$ROOT" ]; then
+    if [ "$CHANGED" -eq 1 ]; then systemctl_ restart coughwatch-edge.service; else systemctl_ start coughwatch-edge.service; fi
+  fi
+  if [ "$CHANGED" -eq 1 ]; then say "installed"; else say "nothing to change"; fi
+}
+
+do_uninstall() {
+  if [ -z "$ROOT" ]; then systemctl_ stop coughwatch-edge.service 2>/dev/null || true; fi
+  systemctl_ disable coughwatch-edge.service
+  rm -f "$UNIT" "$JOURNAL_CONF"
+  rm -rf "$PREFIX"
+  systemctl_ daemon-reload
+  if [ "$PURGE" -eq 1 ]; then
+    rm -rf "$CONF_DIR" "$STATE_DIR"
+    if [ -z "$ROOT" ] && id coughwatch >/dev/null 2>&1; then userdel coughwatch; fi
+    say "removed everything (config and outbox included)"
+  else
+    say "removed; kept ${CONF_DIR#"$ROOT"} and ${STATE_DIR#"$ROOT"} (outbox, models): --purge removes them"
+  fi
+}
+
+[ -z "$BROKER" ] || parse_broker "$BROKER"  # fail fast, before any change
+
+case "$MODE" in
+  install|upgrade) do_install ;;
+  uninstall) do_uninstall ;;
+esac

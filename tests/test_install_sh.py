@@ -1,0 +1,78 @@
+"""deploy/install.sh in a throwaway root: the files it writes, their modes, idempotence, uninstall, purge."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+SCRIPT = ROOT / "deploy" / "install.sh"
+
+
+def install(root, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True,
+                            timeout=900)
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def snapshot(root) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir",
+                                       p.stat().st_mode & 0o7777)
+            for p in sorted(root.rglob("*")) if not p.is_symlink() and "__pycache__" not in p.parts}
+
+
+def test_shellcheck_clean():
+    if shutil.which("shellcheck") is None:
+        pytest.fail("shellcheck is not installed (apt-get install shellcheck)")
+    result = subprocess.run(["shellcheck", str(SCRIPT), str(ROOT / "deploy" / "demo.sh"), str(ROOT / "tests" / "run.sh")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--broker", "ftp://x"], "must start with mqtt:// or mqtts://"),
+    (["--broker", "mqtt://host:port"], "port 'port' is not a number"),
+    (["--device-id", "kitchen sink"], "may only contain letters"),
+    (["--purge"], "--purge only goes with --uninstall"),
+    (["--frobnicate"], "unknown argument: --frobnicate"),
+])
+def test_bad_arguments_are_refused_with_a_reason(tmp_path, args, message):
+    result = install(tmp_path, *args, check=False)
+    assert result.returncode == 2 and message in result.stderr
+
+
+@pytest.mark.slow
+def test_install_is_idempotent_and_uninstall_keeps_config(tmp_path):
+    root = tmp_path / "root"
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("COUGHWATCH_MQTT_PASSWORD=s3cret\n")
+    args = ["--broker", "mqtts://broker.lan:8884", "--device-id", "kitchen", "--username", "pi",
+            "--secrets-file", str(secrets)]
+    install(root, *args)
+    conf = (root / "etc/coughwatch/edge.toml").read_text()
+    assert 'host = "broker.lan"' in conf and "port = 8884" in conf and "tls = true" in conf and 'id = "kitchen"' in conf
+    assert "s3cret" not in conf
+    modes = {"etc/coughwatch/edge.toml": 0o640, "etc/coughwatch/secrets.env": 0o600,
+             "etc/systemd/system/coughwatch-edge.service": 0o644,
+             "etc/systemd/journald.conf.d/coughwatch.conf": 0o644,
+             "var/lib/coughwatch/models/cough-detector/student.int8.onnx": 0o644,
+             "var/lib/coughwatch/models/covid-screen/student.int8.onnx": 0o644}
+    for rel, mode in modes.items():
+        assert (root / rel).stat().st_mode & 0o777 == mode, rel
+    assert (root / "etc/systemd/system/multi-user.target.wants/coughwatch-edge.service").is_symlink()
+    assert (root / "opt/coughwatch/venv/bin/edge").is_file()
+    assert "SystemMaxUse=50M" in (root / "etc/systemd/journald.conf.d/coughwatch.conf").read_text()
+    before = snapshot(root)
+    again = install(root, *args)
+    assert "nothing to change" in again.stdout
+    assert snapshot(root) == before
+    install(root, "--uninstall")
+    assert not (root / "opt/coughwatch").exists() and not (root / "etc/systemd/system/coughwatch-edge.service").exists()
+    assert (root / "etc/coughwatch/edge.toml").is_file() and (root / "var/lib/coughwatch/models").is_dir()
+    install(root, "--uninstall", "--purge")
+    assert not (root / "etc/coughwatch").exists() and not (root / "var/lib/coughwatch").exists()
