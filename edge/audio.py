@@ -140,9 +140,10 @@ class StdinSource:
         pass
 
 
-def find_device(spec: str) -> int | None:
+def find_device(spec: str, sd=None) -> int | None:
     """An input device index from an index or a case-insensitive name substring (None = default)."""
-    import sounddevice as sd
+    if sd is None:
+        import sounddevice as sd
 
     if not spec:
         return None
@@ -166,7 +167,11 @@ class MicSource:
     restarting the process. Callback overflows and ring-buffer overflows are both counted in ``overruns``.
     """
 
-    def __init__(self, settings: MicSettings, sample_rate: int) -> None:
+    def __init__(self, settings: MicSettings, sample_rate: int, backend=None) -> None:
+        """``backend``: the sounddevice module, or anything with its ``query_devices`` and ``InputStream``."""
+        if backend is None:
+            import sounddevice as backend
+        self.sd = backend
         self.s, self.sample_rate = settings, sample_rate
         self.overruns = 0
         self.reopens = 0
@@ -178,12 +183,13 @@ class MicSource:
         self._next_try = 0.0
         self._backoff = 1.0
         self.native_rate = 0
-        self._open()
+        self.last_error = ""
+        """Why the microphone is not open (empty while it is)."""
+        self._try_reopen()  # a microphone late to enumerate after boot is retried, not fatal
 
     def _open(self) -> None:
-        import sounddevice as sd
-
-        device = find_device(self.s.device)
+        sd = self.sd
+        device = find_device(self.s.device, sd)
         rate = self.s.sample_rate or int(sd.query_devices(device, "input")["default_samplerate"])
         self.native_rate = rate
         self._resample = _Resampler(rate, self.sample_rate)
@@ -223,14 +229,19 @@ class MicSource:
         if now < self._next_try:
             time.sleep(min(0.2, self._next_try - now))
             return
+        first = self._stream is None and not self.last_error
         self.close()
         try:
             self._open()
-            self.reopens += 1
         except Exception as exc:  # noqa: BLE001 - PortAudio raises several types for a missing device
+            self.last_error = str(exc)
             self._next_try = now + self._backoff
             log.warning("microphone unavailable (%s); retrying in %.0f s", exc, self._backoff)
             self._backoff = min(self._backoff * 2, self.s.reopen_max_s)
+            return
+        self.last_error = ""
+        if not first:
+            self.reopens += 1
 
     def close(self) -> None:
         if self._stream is not None:

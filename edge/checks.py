@@ -23,6 +23,8 @@ def _check_mic(s: EdgeSettings) -> list[str]:
     from .audio import MicSource
 
     mic = MicSource(s.mic, 16000)
+    if mic.last_error:
+        raise RuntimeError(f"the microphone cannot be opened: {mic.last_error}")
     try:
         got = [mic.read(timeout=1.0) for _ in range(10)]
     finally:

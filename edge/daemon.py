@@ -15,6 +15,8 @@ from .pipeline import Pipeline
 from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
+STALL_S = 5.0
+"""Seconds without any audio frame after which the stream is reported as stalled."""
 
 
 class Daemon:
@@ -35,7 +37,9 @@ class Daemon:
         c = self.pipeline.counters
         audio_s = c.samples / self.pipeline.sample_rate
         cpu = os.times()
-        silent = time.monotonic() - self._last_sound > self.silence_s
+        now = time.monotonic()
+        stalled = now - self._last_audio > STALL_S
+        silent = now - self._last_sound > self.silence_s
         lat = sorted(c.latencies_ms)
         return {
             "uptime_s": round(time.monotonic() - self._started, 1), "audio_s": round(audio_s, 1),
@@ -43,7 +47,7 @@ class Daemon:
             "cpu_s": round(cpu.user + cpu.system, 2),
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "overruns": self.source.overruns, "clipped_samples": c.clipped,
-            "audio": "silent" if silent else ("clipping" if c.clipped else "ok"),
+            "audio": "stalled" if stalled else "silent" if silent else ("clipping" if c.clipped else "ok"),
             "level_dbfs": round(self.pipeline.onset.level_dbfs, 1),
             "noise_floor_dbfs": round(float(self.pipeline.onset.noise_floor_dbfs), 1),
             "outbox_depth": self.sink.depth(),
@@ -72,6 +76,9 @@ class Daemon:
                 next_watchdog = now + watchdog_every
             if now >= next_stats:
                 stats = self.stats()
+                if stats["audio"] != "ok":
+                    log.warning("audio is %s (level %.1f dBFS, overruns %d)", stats["audio"], stats["level_dbfs"],
+                                stats["overruns"])
                 self.sink.publish_stats(stats)
                 self.notifier.status(f"{stats['events']} events, audio {stats['audio']}, outbox {stats['outbox_depth']}")
                 next_stats = now + self.stats_interval_s
