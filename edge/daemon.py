@@ -50,7 +50,7 @@ class Daemon:
             "audio": "stalled" if stalled else "silent" if silent else ("clipping" if c.clipped else "ok"),
             "level_dbfs": round(self.pipeline.onset.level_dbfs, 1),
             "noise_floor_dbfs": round(float(self.pipeline.onset.noise_floor_dbfs), 1),
-            "outbox_depth": self.sink.depth(),
+            "outbox_depth": self.sink.depth(), "outbox_dropped": self.sink.dropped(),
             "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
         }
 

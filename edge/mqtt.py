@@ -66,6 +66,7 @@ class Sink(Protocol):
     def submit(self, event: CoughEvent) -> None: ...
     def publish_stats(self, stats: dict) -> None: ...
     def depth(self) -> int: ...
+    def dropped(self) -> int: ...
     def close(self, timeout: float) -> None: ...
 
 
@@ -83,6 +84,9 @@ class StdoutSink:
         log.info("stats %s", json.dumps(stats, sort_keys=True))
 
     def depth(self) -> int:
+        return 0
+
+    def dropped(self) -> int:
         return 0
 
     def close(self, timeout: float) -> None:
@@ -207,6 +211,9 @@ class MqttSink:
 
     def depth(self) -> int:
         return self.outbox.depth()
+
+    def dropped(self) -> int:
+        return self.outbox.dropped()
 
     def close(self, timeout: float) -> None:
         """Flush the outbox as far as the broker allows within ``timeout`` s, publish offline, disconnect."""
