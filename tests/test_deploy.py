@@ -28,9 +28,9 @@ def deploy(*args: str, **kw) -> subprocess.CompletedProcess:
 
 
 def make_image(path, with_firstrun: bool = False):
-    for tool in ("mkfs.fat", "mcopy"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"{tool} is not installed (apt-get install dosfstools mtools)")
+    mkfs = shutil.which("mkfs.fat") or shutil.which("mkfs.fat", path="/usr/sbin:/sbin")
+    if mkfs is None or shutil.which("mcopy") is None:
+        pytest.fail("mkfs.fat and mcopy are needed (apt-get install dosfstools mtools)")
     start, sectors = 8192, 120 * 2048  # FAT partition at 4 MiB, 120 MiB long
     with open(path, "wb") as fh:
         fh.truncate((start + sectors) * 512)
@@ -39,7 +39,7 @@ def make_image(path, with_firstrun: bool = False):
         mbr[510:512] = b"\x55\xaa"
         fh.seek(0)
         fh.write(mbr)
-    subprocess.run(["mkfs.fat", "-F", "16", "--offset", str(start), str(path), str(sectors // 2)], check=True,
+    subprocess.run([mkfs, "-F", "16", "--offset", str(start), str(path), str(sectors // 2)], check=True,
                    capture_output=True)
     spec = f"{path}@@{start * 512}"
     files = {"cmdline.txt": CMDLINE + "\n", "config.txt": "arm_64bit=1\n"}

@@ -32,7 +32,8 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
     set_seed(s.run.seed)
     command = "trainer distill " + shlex.join(argv if argv is not None else sys.argv[1:])
-    (out / "settings.json").write_text(json.dumps({"command": command, **s.to_dict()}, indent=2))
+    if accelerator.is_main_process:
+        (out / "settings.json").write_text(json.dumps({"command": command, **s.to_dict()}, indent=2))
 
     # Data
     sr = s.data.sample_rate
@@ -46,10 +47,11 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     clips = D.load_audio(clips, sr, min_samples=sr // 10, progress=accelerator.is_local_main_process)
     parts = D.split(clips, val=s.data.val_fraction, test=s.data.test_fraction, seed=s.run.seed)
     log.info("splits: %s", D.describe(parts))
-    with (out / "splits.csv").open("w") as fh:
-        fh.write("split,path,label,group,sha256\n")
-        for name, part in parts.items():
-            fh.writelines(f"{name},{c.path},{c.label},{c.group},{c.sha256}\n" for c in part)
+    if accelerator.is_main_process:
+        with (out / "splits.csv").open("w") as fh:
+            fh.write("split,path,label,group,sha256\n")
+            for name, part in parts.items():
+                fh.writelines(f"{name},{c.path},{c.label},{c.group},{c.sha256}\n" for c in part)
     pos = labels.index(positive)
     targets = {k: np.array([labels.index(c.label) for c in v]) for k, v in parts.items()}
     windows = {k: eval_windows(parts[k], window, pre_roll) for k in ("val", "test")}
@@ -72,7 +74,9 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
             teacher, balanced_loader(ds, s.teacher.batch_size, s.run.seed, per_epoch), ce_step,
             epochs=s.teacher.epochs, lr=s.teacher.lr or (1e-3 if preset else 2.5e-5), desc="teacher", **common)
     teacher.eval()
-    save_checkpoint(teacher.cpu(), out / "teacher")
+    if accelerator.is_main_process:  # under `accelerate launch` only one process writes files
+        save_checkpoint(teacher.cpu(), out / "teacher")
+    accelerator.wait_for_everyone()
     teacher.to(accelerator.device)
 
     # Student, distilled against cached teacher outputs on clean crops
@@ -90,9 +94,10 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight)
     student, history["student"] = fit(student, balanced_loader(aug_ds, s.student.batch_size, s.run.seed + 1, per_epoch),
                                       step, epochs=s.student.epochs, lr=lr, desc="student", **common)
-    save_checkpoint(student.cpu(), out / "student")
+    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
+    save_checkpoint(student.cpu(), out / "student")
 
     # Evaluation: thresholds on validation, metrics on test
     teacher.cpu()

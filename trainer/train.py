@@ -186,4 +186,5 @@ def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) 
     logits = torch.from_numpy(predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs"))
     if accelerator.is_main_process:
         torch.save({"keys": keys, "logits": logits}, path)
+    accelerator.wait_for_everyone()
     return logits
