@@ -135,7 +135,7 @@ def fit(model: nn.Module, loader: DataLoader, step_fn: StepFn, *, epochs: int, l
             opt.zero_grad()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(terms['loss']):.3f}")
+            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
         unwrapped = accelerator.unwrap_model(model)
         val_probs = softmax(predict_logits(unwrapped, val_windows, accelerator=accelerator))
         val_auc = float(roc_auc_score(val_targets == positive, val_probs[:, positive]))
