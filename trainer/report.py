@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+KNOWN_DATA = {
+    "covid19-cough": "covid19-cough (github.com/covid19-cough/dataset), CC0 1.0 public domain; labels from PCR tests "
+                     "or self-report; phone call-center (8 kHz) and Telegram recordings.",
+    "coswara": "Coswara 2020-04-13 (github.com/iiscleap/Coswara-Data), CC BY 4.0. Attribution: \"Coswara — A Database "
+               "of Breathing, Cough, and Voice Sounds for COVID-19 Diagnosis\", Sharma et al., Interspeech 2020.",
+}
 CAVEAT = ("**Not a diagnosis.** This model produces screening signals for research. It has not been "
           "clinically validated; do not use it to make medical decisions.")
 
@@ -96,7 +102,17 @@ def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[
     (out / "report.md").write_text("\n".join(md))
 
 
-def write_model_card(out: Path, report: dict, *, data_notes: str = "") -> None:
+def data_attribution(manifests: str) -> list[str]:
+    """License and attribution lines for the corpora a run used (known ones by name, others flagged)."""
+    lines = []
+    for manifest in (m for m in manifests.split(",") if m):
+        known = next((text for key, text in KNOWN_DATA.items() if key in manifest), None)
+        lines.append(f"- `{manifest}`: " + (known or "license unknown to coughwatch: check the data's terms "
+                                                     "before sharing this model."))
+    return lines
+
+
+def write_model_card(out: Path, report: dict) -> None:
     s = report["settings"]
     preset = s["teacher"]["source"].startswith("preset:")
     teacher_note = (f"The teacher was built from the `{s['teacher']['source']}` configuration with random weights and "
@@ -111,7 +127,7 @@ def write_model_card(out: Path, report: dict, *, data_notes: str = "") -> None:
             "## Files", "- `student.onnx`, `student.int8.onnx`: the contract-conforming models the edge daemon loads.",
             "- `student/`, `teacher/`: PyTorch checkpoints (self-describing: `coughwatch.json`).",
             "- `report.md`, `report.json`, plots: the full evaluation.", "",
-            "## Data", data_notes or f"`{s['data']['manifest']}`.",
+            "## Data", *data_attribution(s["data"]["manifest"]), "",
             f"Splits are stratified, deduplicated by content hash and group-disjoint: `{json.dumps(report['splits'])}`.",
             "", "## Held-out test metrics", "", *metrics_table(report["results"]), "",
             "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
