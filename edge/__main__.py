@@ -16,7 +16,6 @@ from .contract import ContractError
 from .settings import DEFAULT_CONFIG, EdgeSettings
 
 log = logging.getLogger("edge")
-SHORTCUTS: dict[str, str] = {}
 
 
 def _settings(args: argparse.Namespace) -> EdgeSettings:
@@ -150,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "devices":
             continue
         p.add_argument("--config", type=Path, default=None, help=f"TOML config (default {DEFAULT_CONFIG} if present)")
-        config.add_arguments(p, EdgeSettings, SHORTCUTS)
+        config.add_arguments(p, EdgeSettings)
         if name == "run":
             p.add_argument("--source", default="", help="WAV/FLAC file to replay, or - for raw s16le PCM on stdin")
             p.add_argument("--fast", action="store_true", help="replay the file as fast as possible")

@@ -7,8 +7,6 @@ import signal
 import threading
 import time
 
-import numpy as np
-
 from .audio import Source
 from .mqtt import Sink
 from .pipeline import Pipeline
@@ -67,9 +65,9 @@ class Daemon:
             now = time.monotonic()
             if chunk.size:
                 self._last_audio = now
-                if np.abs(chunk).max() > 1e-4:
-                    self._last_sound = now
                 self.pipeline.feed(chunk)
+                if self.pipeline.counters.last_peak > 1e-4:  # anything but digital silence
+                    self._last_sound = now
             # The watchdog is fed only while audio keeps arriving: a stalled microphone gets us restarted.
             if watchdog_every and now >= next_watchdog and now - self._last_audio < watchdog_every:
                 self.notifier.watchdog()

@@ -36,7 +36,8 @@ class Counters:
     """Audio samples processed."""
     busy_s: float = 0.0
     """Processing time spent, in seconds."""
-    peak_abs: float = 0.0
+    last_peak: float = 0.0
+    """Largest absolute sample value of the latest chunk."""
     clipped: int = 0
     latencies_ms: list = field(default_factory=list)
 
@@ -72,8 +73,9 @@ class Pipeline:
         c = self.counters
         c.samples += chunk.size
         if chunk.size:
-            c.peak_abs = max(c.peak_abs, float(np.abs(chunk).max()))
-            c.clipped += int(np.count_nonzero(np.abs(chunk) >= 0.999))
+            magnitude = np.abs(chunk)
+            c.last_peak = float(magnitude.max())
+            c.clipped += int(np.count_nonzero(magnitude >= 0.999))
         self._buf = np.concatenate([self._buf, chunk])
         for sound in self.onset(chunk):
             c.sounds += 1
