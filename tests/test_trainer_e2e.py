@@ -76,3 +76,19 @@ def test_evaluate_and_reexport(run, tmp_path, capsys):
     from edge.inference import Classifier
 
     assert Classifier(tmp_path / "again.onnx").info.positive_label == "positive"
+
+
+@pytest.mark.slow
+def test_w2v_small_student_distills_and_exports(tmp_path):
+    from edge.inference import Classifier
+    from trainer.__main__ import main
+
+    out = tmp_path / "w2v"
+    assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", "preset:tiny", "--teacher-epochs", "1",
+                 "--student", "w2v-small", "--student-layers", "1", "--student-epochs", "1",
+                 "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "20",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
+    assert report["settings"]["student"]["kind"] == "w2v-small"
+    assert Classifier(out / "student.int8.onnx").info.labels == ("positive", "negative")
