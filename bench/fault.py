@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import soundfile as sf
 

@@ -20,6 +20,8 @@ from .events import CoughEvent
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
+MAX_INFLIGHT = 20
+"""QoS 1 messages awaiting PUBACK at once (paho's window and the outbox sender's batch)."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,7 @@ def make_client(s: MqttSettings, client_id: str, *, will_topic: str | None = Non
     if will_topic:
         client.will_set(will_topic, "offline", qos=1, retain=True)
     client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_s)
-    client.max_inflight_messages_set(20)
+    client.max_inflight_messages_set(MAX_INFLIGHT)
     return client
 
 
@@ -126,7 +128,6 @@ class MqttSink:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.connected = threading.Event()
-        self.last_error = ""
         self.client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
         self.client.loop_start()
         self._thread = threading.Thread(target=self._drain_loop, name="mqtt-outbox", daemon=True)
@@ -135,10 +136,8 @@ class MqttSink:
     # paho callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            self.last_error = f"broker {self.s.host}:{self.s.port} refused the connection: {reason_code}"
-            log.error("%s", self.last_error)
+            log.error("broker %s:%d refused the connection: %s", self.s.host, self.s.port, reason_code)
             return
-        self.last_error = ""
         log.info("connected to %s:%d", self.s.host, self.s.port)
         client.publish(self.topics["status"], "online", qos=1, retain=True)
         if self.s.discovery:
@@ -176,7 +175,7 @@ class MqttSink:
             self._wake.clear()
             while self.connected.is_set() and not self._stop.is_set():
                 with self._lock:
-                    room = 20 - len(self._inflight)
+                    room = MAX_INFLIGHT - len(self._inflight)
                     after = self._sent_up_to
                 if room <= 0:
                     break

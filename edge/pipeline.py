@@ -57,9 +57,9 @@ class Pipeline:
         self.detector_threshold = detector.info.threshold if detector_threshold is None else detector_threshold
         self.start_utc = start_utc or datetime.now(timezone.utc)
         self.synced = clock_synced() if synced is None else synced
-        self._models = (detector, classifier)
-        self._after = max(m.info.window_samples - m.info.pre_roll_samples for m in self._models)
-        self._before = max(m.info.pre_roll_samples for m in self._models)
+        models = (detector, classifier)
+        self._after = max(m.info.window_samples - m.info.pre_roll_samples for m in models)
+        self._before = max(m.info.pre_roll_samples for m in models)
         self._keep = self._before + self._after + round(self.onset.s.max_duration_ms * self.sample_rate / 1000)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0

@@ -1,7 +1,6 @@
 """Pure logic: contract metadata, onset detection, KD loss, schedule, settings, manifests, splits."""
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -235,3 +234,22 @@ def test_w2v_small_copies_the_teachers_first_layers():
     t_sd, s_sd = teacher.model.state_dict(), small.model.state_dict()
     for key in s_sd:
         assert torch.equal(s_sd[key], t_sd[key]), key
+
+
+def test_kd_step_adds_the_feature_penalty_for_both_kinds_of_student():
+    from trainer.losses import feature_penalty, kd_loss
+    from trainer.models import build_cnn_student, build_teacher, build_w2v_small
+    from trainer.train import make_kd_step
+
+    torch.manual_seed(0)
+    teacher = build_teacher("preset:tiny", ("a", "b"), "a", window_samples=16000, pre_roll_samples=4000)
+    cnn = build_cnn_student(("a", "b"), "a", window_samples=16000, pre_roll_samples=4000, widths=(4, 8))
+    x, y, idx = torch.randn(3, 16000) * 0.1, torch.tensor([0, 1, 0]), torch.tensor([2, 0, 1])
+    cached = torch.randn(3, 2)
+    for student in (cnn.eval(), build_w2v_small(teacher, 1).eval()):
+        terms = make_kd_step(cached, alpha=0.5, temperature=2.0, feature_weight=0.1)(student, x, y, idx)
+        logits, feats = student(x, return_features=True)
+        expected = kd_loss(logits, cached[idx], y, alpha=0.5, temperature=2.0)["loss"] + 0.1 * feature_penalty(feats)
+        assert terms["feature"].item() == pytest.approx(feature_penalty(feats).item(), rel=1e-5)
+        assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+        terms["loss"].backward()

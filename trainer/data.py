@@ -125,7 +125,7 @@ def load_audio(clips: list[Clip], sample_rate: int, min_samples: int, *, progres
             continue
         by_hash[clip.sha256].append(clip)
     unique = []
-    for sha, group in by_hash.items():
+    for group in by_hash.values():
         labels = {c.label for c in group}
         if len(labels) > 1:
             log.warning("dropped %d identical files with conflicting labels %s: %s", len(group), sorted(labels),

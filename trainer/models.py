@@ -70,12 +70,11 @@ class CnnStudent(nn.Module):
         self.dropout = nn.Dropout(0.2)
         self.head = nn.Linear(cin, len(spec.labels))
 
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
-        """The CNN activations before pooling, ``[batch, channels, mels', frames']``."""
-        return self.body(self.frontend(audio))
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(audio).mean(dim=(2, 3))))
+    def forward(self, audio: torch.Tensor, return_features: bool = False):
+        """Logits; with ``return_features`` also the CNN activations before pooling (for the feature penalty)."""
+        features = self.body(self.frontend(audio))
+        logits = self.head(self.dropout(features.mean(dim=(2, 3))))
+        return (logits, features) if return_features else logits
 
 
 class HfAudioClassifier(nn.Module):
@@ -86,16 +85,19 @@ class HfAudioClassifier(nn.Module):
         self.spec = spec
         self.model = model
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, return_features: bool = False):
+        """Logits; with ``return_features`` also the conv feature encoder's output, captured in the same pass."""
         if self.spec.normalize:
             audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
-        return self.model(input_values=audio).logits
-
-    def features(self, audio: torch.Tensor) -> torch.Tensor:
-        """Output of the convolutional feature encoder, ``[batch, channels, frames]``."""
-        if self.spec.normalize:
-            audio = (audio - audio.mean(-1, keepdim=True)) / torch.sqrt(audio.var(-1, keepdim=True) + 1e-7)
-        return self.model.wav2vec2.feature_extractor(audio)
+        if not return_features:
+            return self.model(input_values=audio).logits
+        captured = []
+        hook = self.model.base_model.feature_extractor.register_forward_hook(lambda m, i, o: captured.append(o))
+        try:
+            logits = self.model(input_values=audio).logits
+        finally:
+            hook.remove()
+        return logits, captured[0]
 
 
 TEACHER_PRESETS = {

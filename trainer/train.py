@@ -158,12 +158,8 @@ def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: flo
     """Distillation step against cached teacher logits (indexed by crop)."""
 
     def step(model, x, y, idx):
-        base = getattr(model, "module", model)
-        if feature_weight > 0:
-            feats = base.features(x)
-            logits = base.head(base.dropout(feats.mean(dim=(2, 3)))) if hasattr(base, "head") else model(x)
-        else:
-            feats, logits = None, model(x)
+        # Always through the (possibly DDP-wrapped) model's forward, so gradients synchronise.
+        logits, feats = model(x, return_features=True) if feature_weight > 0 else (model(x), None)
         terms = kd_loss(logits.float(), teacher_logits[idx.cpu()].to(logits.device), y,
                         alpha=alpha, temperature=temperature)
         if feats is not None:
