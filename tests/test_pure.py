@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,50 @@ def test_load_audio_dedups_skips_bad_files_and_splits_by_group(tmp_path, caplog)
         assert {c.label for c in part} == {"pos", "neg"}
 
 
+def test_windows_past_the_recording_edges_loop_or_zero_fill():
+    from trainer.data import window_at
+
+    audio = np.arange(1, 11, dtype=np.float32)  # a 10-sample "recording"
+    zero = window_at(audio, anchor=2, window=8, pre_roll=4)
+    assert zero.tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
+    wrap = window_at(audio, anchor=2, window=16, pre_roll=4, pad="wrap")
+    # starts 2 samples before the recording (its last two), then loops: no digital silence anywhere
+    assert wrap.tolist() == [9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4]
+    inside = window_at(audio, anchor=5, window=4, pre_roll=1, pad="wrap")
+    assert inside.tolist() == window_at(audio, anchor=5, window=4, pre_roll=1).tolist() == [5, 6, 7, 8]
+    with pytest.raises(ValueError, match="pad must be one of"):
+        window_at(audio, 0, 4, 0, pad="mirror")
+
+
+def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
+    from trainer.baselines import run_baselines
+    from trainer.data import Clip
+
+    rng = np.random.default_rng(0)
+    sr = 16000
+    parts = {}
+    for name, n in (("train", 60), ("val", 30), ("test", 30)):
+        clips = []
+        for i in range(n):
+            positive = i % 2 == 0
+            # the label is carried by the source and by the length only; the audio itself is the same noise
+            seconds = rng.uniform(0.5, 1.0) if positive else rng.uniform(1.5, 2.0)
+            clip = Clip(path=Path(f"{name}{i}.wav"), label="positive" if positive else "negative", group="",
+                        extra={"source": "phone" if positive else "app"})
+            clip.audio = (0.1 * rng.standard_normal(round(seconds * sr))).astype(np.float32)
+            clips.append(clip)
+        parts[name] = clips
+    windows = {k: np.stack([c.audio[:sr // 2] for c in v]) for k, v in parts.items()}
+    out = run_baselines(parts, windows, "positive", sample_rate=sr, group_by="source", bootstrap=0)
+    assert set(out) == {"classical (recording)", "classical (window)", "source only", "duration only"}
+    assert out["source only"]["pooled"]["roc_auc"] == 1.0
+    assert out["duration only"]["pooled"]["roc_auc"] == 1.0
+    assert out["duration only"]["fit"]["direction"] == "shorter is positive"
+    assert 0.3 < out["classical (window)"]["pooled"]["roc_auc"] < 0.8  # same noise: near chance
+    assert set(out["classical (recording)"]["by_group"]) == {"phone", "app"}
+    assert len(out["source only"]["test_scores"]) == 30
+
+
 def test_trainer_settings_reject_bad_values():
     from trainer.settings import KdSettings, Settings, DataSettings
 
@@ -253,3 +298,44 @@ def test_kd_step_adds_the_feature_penalty_for_both_kinds_of_student():
         assert terms["feature"].item() == pytest.approx(feature_penalty(feats).item(), rel=1e-5)
         assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
         terms["loss"].backward()
+
+
+class _RecordingModel:
+    """Stands in for edge.inference.Classifier: records the windows it is given, answers fixed probabilities."""
+
+    def __init__(self, name: str, window: int, pre_roll: int, probs: list[float]) -> None:
+        from edge.contract import ModelInfo
+
+        self.info = ModelInfo(name=name, labels=("yes", "no"), positive_label="yes", sample_rate=16000,
+                              window_samples=window, pre_roll_samples=pre_roll, threshold=0.5, teacher="-",
+                              train_data="-", metrics={}, created="-", version="1")
+        self.sha256 = "0" * 64
+        self.probs = np.array([probs], dtype=np.float32)
+        self.windows: list[np.ndarray] = []
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        self.windows.extend(windows)
+        return self.probs
+
+
+@pytest.mark.parametrize("chunk", [160, 1000, 4800])
+def test_pipeline_cuts_each_models_own_window_around_the_onset(chunk):
+    from edge.pipeline import Pipeline
+
+    rng = np.random.default_rng(1)
+    audio = (0.002 * rng.standard_normal(16000 * 8)).astype(np.float32)
+    audio[40000:44800] += (0.5 * rng.standard_normal(4800)).astype(np.float32)  # one loud burst at 2.5 s
+    detector = _RecordingModel("det", 16000, 4000, [0.9, 0.1])
+    classifier = _RecordingModel("cls", 48000, 4000, [0.7, 0.3])  # a 3 s window, 2.75 s after the onset
+    events = []
+    pipe = Pipeline(detector, classifier, "dev", events.append, synced=True)
+    for start in range(0, audio.size, chunk):
+        pipe.feed(audio[start:start + chunk])
+    assert len(events) == 1, "the event is emitted once the longer window is complete, before the stream ends"
+    onset = events[0].onset_sample
+    assert abs(onset - 40000) <= 320
+    for model in (detector, classifier):
+        (window,) = model.windows
+        start = onset - model.info.pre_roll_samples
+        np.testing.assert_array_equal(window, audio[start:start + model.info.window_samples])
+    assert events[0].label == "yes" and events[0].probabilities == {"yes": 0.7, "no": 0.3}

@@ -17,7 +17,7 @@ def run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "covid"
     rc = main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", "preset:tiny", "--teacher-epochs", "2",
-               "--student-epochs", "2", "--student-widths", "8,16", "--data-group-by", "source",
+               "--student-epochs", "2", "--student-widths", "8,16", "--student-pooling", "meanstd", "--data-group-by", "source",
                "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "50",
                "--out", str(out)])
     assert rc == 0
@@ -37,6 +37,8 @@ def test_distill_writes_a_complete_run(run):
         assert set(report["results"][model]["by_group"]) == {"call-center", "telegram"}
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
     assert {"loss", "kl", "ce", "val_auc"} <= set(report["history"]["student"][0])
+    assert {"classical (recording)", "classical (window)", "source only", "duration only"} == set(report["baselines"])
+    assert "## Baselines on the same split" in (run / "report.md").read_text()
     assert (run / "student.int8.onnx").stat().st_size <= 250_000
     card = (run / "MODEL_CARD.md").read_text()
     assert "Not a diagnosis" in card and "trainer distill" in card

@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-by", default="", help="also report per value of this manifest column")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the ONNX file's, else 0.5)")
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--pad", choices=("wrap", "zero"), default=None,
+                   help="fill for windows past a recording's edges (default: as the model was trained)")
     p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
 
     p = sub.add_parser("export", help="re-export a checkpoint folder to a contract-conforming ONNX file")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             from .tools import evaluate_file
 
             result = evaluate_file(args.model, args.data, positive_label=args.positive_label, group_by=args.group_by,
-                                   threshold=args.threshold, bootstrap=args.bootstrap)
+                                   threshold=args.threshold, bootstrap=args.bootstrap, pad=args.pad or "")
             text = json.dumps(result, indent=2)
             print(text)
             if args.out:

@@ -2,7 +2,7 @@
 
 Parameters from the PyTorch model; MACs per second of audio from ``torch.utils.flop_counter`` (FLOPs / 2,
 matrix products and convolutions; the student's STFT is not counted); file size and single-thread
-latency per one-second window from onnxruntime, all measured in one run.
+latency per window (the run's window length) from onnxruntime, all measured in one run.
 """
 from __future__ import annotations
 
@@ -78,11 +78,11 @@ def run_benchmark(run: Path, *, repeats: int = 50, include_base: bool = True) ->
             rows.append(Row(name, count_parameters(model), path.stat().st_size,
                             macs_per_second(model, spec.window_samples, spec.sample_rate),
                             latency_ms(path, x, repeats)))
-    print_table(rows)
+    print_table(rows, spec.window_samples / spec.sample_rate)
     return rows
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], window_s: float) -> None:
     ref = next(r for r in rows if r.name == "teacher")
     base = next((r for r in rows if r.name == "wav2vec2-base-sized"), None)
     head = f"{'model':36} {'params':>12} {'file':>10} {'MMACs/s':>10} {'latency ms':>11} {'x faster than teacher':>22}"
@@ -95,4 +95,5 @@ def print_table(rows: list[Row]) -> None:
         if base:
             line += f" {base.latency_ms / r.latency_ms:19.1f}"
         print(line)
-    print("latency: median single-thread onnxruntime time for one 1 s window, measured side by side in this run")
+    print(f"latency: median single-thread onnxruntime time for one {window_s:g} s window (the run's model window), "
+          "every model measured side by side in this run")

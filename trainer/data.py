@@ -217,9 +217,21 @@ def peak_anchor(audio: np.ndarray) -> int:
     return start * FRAME
 
 
-def window_at(audio: np.ndarray, anchor: int, window: int, pre_roll: int) -> np.ndarray:
-    """``window`` samples starting ``pre_roll`` before ``anchor``, zero-padded at the clip's edges."""
+PAD_MODES = ("wrap", "zero")
+
+
+def window_at(audio: np.ndarray, anchor: int, window: int, pre_roll: int, pad: str = "zero") -> np.ndarray:
+    """``window`` samples starting ``pre_roll`` before ``anchor``.
+
+    Where the window runs past the clip's edges, ``pad="zero"`` fills with digital silence and
+    ``pad="wrap"`` continues the recording as a loop. Zeros tell a model how long the recording was
+    (a label cue in some corpora that a microphone stream never shows); a loop does not.
+    """
+    if pad not in PAD_MODES:
+        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
     start = anchor - pre_roll
+    if pad == "wrap":
+        return audio[np.arange(start, start + window) % audio.size].astype(np.float32)
     out = np.zeros(window, dtype=np.float32)
     lo, hi = max(start, 0), min(start + window, audio.size)
     if hi > lo:

@@ -30,6 +30,8 @@ class ModelSpec:
     """Window length in samples."""
     pre_roll_samples: int = 4000
     """Samples before the anchor (onset / energy peak) at the start of a window."""
+    pad: str = "zero"
+    """How training and evaluation filled windows past a recording's edges (``wrap`` or ``zero``)."""
     source: str = ""
     """Where the weights came from (hub id, path or ``preset:<name>``)."""
     normalize: bool = True
@@ -37,6 +39,8 @@ class ModelSpec:
     frontend: dict = field(default_factory=dict)
     widths: tuple[int, ...] = (16, 32, 48, 64)
     """``cnn`` only: channels of the conv blocks."""
+    pooling: str = "mean"
+    """``cnn`` only: ``mean`` over frequency and time, or ``meanstd`` (time mean and standard deviation too)."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -47,6 +51,9 @@ class ModelSpec:
         raw["labels"] = tuple(raw["labels"])
         raw["widths"] = tuple(raw.get("widths", cls.widths))
         return cls(**raw)
+
+
+POOLINGS = ("mean", "meanstd")
 
 
 class CnnStudent(nn.Module):
@@ -67,13 +74,22 @@ class CnnStudent(nn.Module):
                 blocks.append(nn.MaxPool2d(2))
             cin = width
         self.body = nn.Sequential(*blocks)
+        if spec.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(cin, len(spec.labels))
+        self.head = nn.Linear(cin * (2 if spec.pooling == "meanstd" else 1), len(spec.labels))
 
     def forward(self, audio: torch.Tensor, return_features: bool = False):
         """Logits; with ``return_features`` also the CNN activations before pooling (for the feature penalty)."""
-        features = self.body(self.frontend(audio))
-        logits = self.head(self.dropout(features.mean(dim=(2, 3))))
+        features = self.body(self.frontend(audio))  # [batch, channels, mels, frames]
+        if self.spec.pooling == "meanstd":
+            over_time = features.mean(dim=2)
+            mean = over_time.mean(dim=2)
+            std = torch.sqrt(((over_time - mean.unsqueeze(2)) ** 2).mean(dim=2) + 1e-5)
+            pooled = torch.cat([mean, std], dim=1)
+        else:
+            pooled = features.mean(dim=(2, 3))
+        logits = self.head(self.dropout(pooled))
         return (logits, features) if return_features else logits
 
 
@@ -112,7 +128,7 @@ TEACHER_PRESETS = {
 
 
 def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                  pre_roll_samples: int) -> HfAudioClassifier:
+                  pre_roll_samples: int, pad: str = "zero") -> HfAudioClassifier:
     """A teacher from ``preset:<tiny|small|base>``, a hub id or a local ``save_pretrained`` folder."""
     from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2Config
 
@@ -131,7 +147,7 @@ def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, 
         model = AutoModelForAudioClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
         normalize = _wants_normalisation(source)
     spec = ModelSpec(kind="hf", labels=labels, positive_label=positive_label, window_samples=window_samples,
-                     pre_roll_samples=pre_roll_samples, source=source, normalize=normalize)
+                     pre_roll_samples=pre_roll_samples, pad=pad, source=source, normalize=normalize)
     return HfAudioClassifier(spec, model)
 
 
@@ -145,10 +161,11 @@ def _wants_normalisation(source: str) -> bool:
 
 
 def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                      pre_roll_samples: int, widths: tuple[int, ...] = ModelSpec.widths) -> CnnStudent:
+                      pre_roll_samples: int, pad: str = "zero", widths: tuple[int, ...] = ModelSpec.widths,
+                      pooling: str = "mean") -> CnnStudent:
     spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, window_samples=window_samples,
-                     pre_roll_samples=pre_roll_samples, source="cnn", frontend=FrontendConfig().to_dict(),
-                     widths=tuple(widths))
+                     pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=FrontendConfig().to_dict(),
+                     widths=tuple(widths), pooling=pooling)
     return CnnStudent(spec)
 
 

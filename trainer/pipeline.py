@@ -12,6 +12,7 @@ import torch
 
 from . import data as D
 from .augment import AugmentSettings
+from .baselines import run_baselines
 from .evaluate import choose_threshold, distillation_loss, evaluate
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
 from .models import build_cnn_student, build_teacher, build_w2v_small, count_parameters, save_checkpoint
@@ -54,7 +55,8 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
                 fh.writelines(f"{name},{c.path},{c.label},{c.group},{c.sha256}\n" for c in part)
     pos = labels.index(positive)
     targets = {k: np.array([labels.index(c.label) for c in v]) for k, v in parts.items()}
-    windows = {k: eval_windows(parts[k], window, pre_roll) for k in ("val", "test")}
+    pad = s.data.pad
+    windows = {k: eval_windows(parts[k], window, pre_roll, pad) for k in ("val", "test")}
     rng = np.random.default_rng(s.run.seed)
     crops = make_crops(parts["train"], s.data.crops_per_clip, rng)
     per_epoch = len(parts["train"])
@@ -62,14 +64,15 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
                   val_targets=targets["val"], positive=pos, accelerator=accelerator)
 
     # Teacher
-    teacher = build_teacher(s.teacher.source, labels, positive, window_samples=window, pre_roll_samples=pre_roll)
+    teacher = build_teacher(s.teacher.source, labels, positive, window_samples=window, pre_roll_samples=pre_roll,
+                            pad=pad)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
     if freeze:
         teacher.model.freeze_feature_encoder()
     history = {"teacher": [], "student": []}
     if s.teacher.epochs:
-        ds = CropDataset(parts["train"], crops, labels, window, pre_roll, AugmentSettings(), s.run.seed)
+        ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, AugmentSettings(), s.run.seed)
         teacher, history["teacher"] = fit(
             teacher, balanced_loader(ds, s.teacher.batch_size, s.run.seed, per_epoch), ce_step,
             epochs=s.teacher.epochs, lr=s.teacher.lr or (1e-3 if preset else 2.5e-5), desc="teacher", **common)
@@ -80,17 +83,18 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     teacher.to(accelerator.device)
 
     # Student, distilled against cached teacher outputs on clean crops
-    clean_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, None, s.run.seed)
+    clean_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, None, s.run.seed)
     cached = teacher_cache(teacher, clean_ds, out / "teacher_cache.pt", accelerator)
     if s.student.kind == "cnn":
-        student = build_cnn_student(labels, positive, window_samples=window, pre_roll_samples=pre_roll,
-                                    widths=tuple(int(w) for w in s.student.widths.split(",")))
+        student = build_cnn_student(labels, positive, window_samples=window, pre_roll_samples=pre_roll, pad=pad,
+                                    widths=tuple(int(w) for w in s.student.widths.split(",")),
+                                    pooling=s.student.pooling)
         lr = s.student.lr or 3e-3
     else:
         student = build_w2v_small(teacher.cpu(), s.student.layers)
         teacher.to(accelerator.device)
         lr = s.student.lr or 2.5e-5
-    aug_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, AugmentSettings(), s.run.seed + 1)
+    aug_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, AugmentSettings(), s.run.seed + 1)
     step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight)
     student, history["student"] = fit(student, balanced_loader(aug_ds, s.student.batch_size, s.run.seed + 1, per_epoch),
                                       step, epochs=s.student.epochs, lr=lr, desc="student", **common)
@@ -114,6 +118,12 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     results["student"]["distillation_loss"] = distillation_loss(logits["student"]["test"], logits["teacher"]["test"],
                                                                 targets["test"], **kd_cfg)
 
+    # The same split scored by simple references: what the student has to beat
+    windows["train"] = eval_windows(parts["train"], window, pre_roll, pad)
+    baselines = run_baselines(parts, windows, positive, sample_rate=sr, group_by=s.data.group_by,
+                              bootstrap=s.run.bootstrap, seed=s.run.seed)
+    baseline_scores = {name: b.pop("test_scores") for name, b in baselines.items()}
+
     # Export, then score the exported files exactly as the edge will run them
     sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
     train_data = f"{sets} ({len(parts['train'])} train clips, seed {s.run.seed})"
@@ -124,7 +134,7 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     parity = export_onnx(student, out / "student.onnx", meta, name=out.name, seed=s.run.seed)
     onnx_files = {"student.onnx": out / "student.onnx"}
     if s.run.quantize:
-        calib = np.stack([clean_ds[i][0].numpy() for i in rng.choice(len(clean_ds), min(128, len(clean_ds)),
+        calib = np.stack([clean_ds.clean(i) for i in rng.choice(len(clean_ds), min(128, len(clean_ds)),
                                                                      replace=False)])
         onnx_files["student.int8.onnx"] = quantize_int8(out / "student.onnx", out / "student.int8.onnx", calib,
                                                         kind=student.spec.kind)
@@ -139,10 +149,12 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
         "command": command, "labels": list(labels), "positive_label": positive, "splits": D.describe(parts),
         "group_by": s.data.group_by or None, "parameters": {"teacher": count_parameters(teacher),
                                                              "student": count_parameters(student)},
-        "thresholds": thresholds, "results": results, "history": history, "onnx_parity": parity,
+        "thresholds": thresholds, "results": results, "baselines": baselines, "history": history,
+        "onnx_parity": parity,
         "settings": s.to_dict(),
     }
-    write_report(out, report, targets["test"] == pos, {k: v[:, pos] for k, v in test_probs.items()},
+    write_report(out, report, targets["test"] == pos,
+                 {**{k: v[:, pos] for k, v in test_probs.items()}, **baseline_scores},
                  {k: (v[:, pos] >= results[k]["pooled"]["threshold"]) for k, v in test_probs.items()})
     write_model_card(out, report)
     log.info("run written to %s", out)

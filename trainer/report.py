@@ -51,13 +51,18 @@ def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score, roc_curve
 
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for name, sc in scores.items():
-        RocCurveDisplay.from_predictions(is_positive, sc, name=name, ax=ax)
+        fpr, tpr, _ = roc_curve(is_positive, sc)
+        dashed = name in report.get("baselines", {})
+        ax.plot(fpr, tpr, "--" if dashed else "-", lw=1.0 if dashed else 1.6,
+                label=f"{name} (AUC = {roc_auc_score(is_positive, sc):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
     ax.set_title("ROC on held-out test data")
     fig.savefig(out / "roc.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -97,9 +102,21 @@ def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[
           *metrics_table(report["results"]), "",
           f"Distillation loss on test (alpha·T²·KL + (1-alpha)·CE): {kd.get('loss', float('nan')):.4f} "
           f"(KL {kd.get('kl', float('nan')):.4f}, CE {kd.get('ce', float('nan')):.4f}).", "",
-          f"ONNX parity with PyTorch on seeded input: max |diff| = {report['onnx_parity']['max_abs_diff']:.2e}.", "",
+          *baselines_section(report), f"ONNX parity with PyTorch on seeded input: max |diff| = {report['onnx_parity']['max_abs_diff']:.2e}.", "",
           "![ROC](roc.png)", "", "![Confusion matrices](confusion.png)", "", "![Training](training.png)", ""]
     (out / "report.md").write_text("\n".join(md))
+
+
+def baselines_section(report: dict) -> list[str]:
+    """The references scored on the same split (see trainer/baselines.py), as report/card lines."""
+    if not report.get("baselines"):
+        return []
+    return ["## Baselines on the same split", "",
+            "Fitted on train, tuned and thresholded on validation, scored on the same test clips as the models. "
+            "`classical (recording)` is the data's published reference recipe (40 log-mel means and deviations at "
+            "8 kHz, logistic regression) over whole recordings; `classical (window)` applies it to the student's "
+            "window. The `... only` rows score a single column: a model near them may be learning the recording "
+            "channel or length, not the cough.", "", *metrics_table(report["baselines"]), ""]
 
 
 def data_attribution(manifests: str) -> list[str]:
@@ -122,8 +139,11 @@ def write_model_card(out: Path, report: dict) -> None:
             "## What it is",
             f"A {s['student']['kind']} student ({report['parameters']['student']:,} parameters) distilled from a "
             f"wav2vec2 teacher ({report['parameters']['teacher']:,} parameters). {teacher_note} Input: "
-            f"{s['data']['window_s']} s of 16 kHz mono audio, with the log-mel front end inside the ONNX graph. "
-            f"Output: probabilities for {report['labels']}.", "",
+            f"{s['data']['window_s']} s of 16 kHz mono audio starting {s['data']['pre_roll_s']} s before a sound's "
+            "onset, with the log-mel front end inside the ONNX graph. "
+            f"Output: probabilities for {report['labels']}. In training and evaluation, windows that run past a "
+            "recording's edges were filled by "
+            + ("looping the recording" if s["data"].get("pad", "zero") == "wrap" else "digital silence") + ".", "",
             "## Files", "- `student.onnx`, `student.int8.onnx`: the contract-conforming models the edge daemon loads.",
             "- `student/`, `teacher/`: PyTorch checkpoints (self-describing: `coughwatch.json`).",
             "- `report.md`, `report.json`, plots: the full evaluation.", "",
@@ -132,5 +152,6 @@ def write_model_card(out: Path, report: dict) -> None:
             "", "## Held-out test metrics", "", *metrics_table(report["results"]), "",
             "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
             "corpus; expect lower numbers on other microphones, rooms and populations.", "",
+            *baselines_section(report),
             "## Reproduce", "", f"```\n{report['command']}\n```", ""]
     (out / "MODEL_CARD.md").write_text("\n".join(card))

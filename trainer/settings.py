@@ -26,6 +26,8 @@ class DataSettings:
     """Model input window in seconds."""
     pre_roll_s: float = 0.25
     """Audio kept before the anchor (onset) at the start of a window, in seconds."""
+    pad: str = "wrap"
+    """Fill for windows that run past a recording's edges: ``wrap`` (loop the recording) or ``zero``."""
     val_fraction: float = 0.15
     """Share of groups held out for validation (model and threshold selection)."""
     test_fraction: float = 0.15
@@ -62,6 +64,8 @@ class StudentSettings:
     """w2v-small: transformer layers kept from the teacher."""
     widths: str = "16,32,48,64"
     """cnn: channels of the conv blocks, comma-separated."""
+    pooling: str = "mean"
+    """cnn: ``mean`` (global average) or ``meanstd`` (also each channel's standard deviation over time)."""
     batch_size: int = 32
     """Windows per optimisation step."""
 
@@ -106,11 +110,13 @@ class Settings:
             (bool(d.manifest), "data.manifest", d.manifest, "is required (--data)"),
             (0 < d.window_s <= 10, "data.window_s", d.window_s, "must be in (0, 10] seconds"),
             (0 <= d.pre_roll_s < d.window_s, "data.pre_roll_s", d.pre_roll_s, "must be in [0, window_s)"),
+            (d.pad in ("wrap", "zero"), "data.pad", d.pad, "must be wrap or zero"),
             (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),
             (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),
             (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),
+            (s.pooling in ("mean", "meanstd"), "student.pooling", s.pooling, "must be mean or meanstd"),
             (0 <= k.alpha <= 1, "kd.alpha", k.alpha, "must be in [0, 1]"),
             (k.temperature > 0, "kd.temperature", k.temperature, "must be > 0"),
             (k.feature_weight >= 0, "kd.feature_weight", k.feature_weight, "must be >= 0"),

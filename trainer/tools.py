@@ -14,19 +14,22 @@ from .train import eval_windows, predict_logits, softmax
 
 
 def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", group_by: str = "",
-                  threshold: float | None = None, bootstrap: int = 1000) -> dict:
+                  threshold: float | None = None, bootstrap: int = 1000, pad: str = "") -> dict:
     """Metrics for a checkpoint folder or ONNX file on every usable clip of ``manifest``."""
     if model_path.suffix == ".onnx":
         from edge.inference import Classifier
 
-        info = Classifier(model_path).info
+        classifier = Classifier(model_path)
+        info = classifier.info
         labels, positive, window, pre_roll = info.labels, info.positive_label, info.window_samples, info.pre_roll_samples
+        pad = pad or classifier.session.get_modelmeta().custom_metadata_map.get("window_pad", "zero")
         threshold = info.threshold if threshold is None else threshold
         predict = lambda w: run_onnx(model_path, w)  # noqa: E731
     else:
         model = load_checkpoint(model_path)
         spec = model.spec
         labels, positive, window, pre_roll = spec.labels, spec.positive_label, spec.window_samples, spec.pre_roll_samples
+        pad = pad or spec.pad
         threshold = 0.5 if threshold is None else threshold
         predict = lambda w: softmax(predict_logits(model, w))  # noqa: E731
     positive = positive_label or positive
@@ -37,7 +40,7 @@ def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", 
         raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(labels)}")
     clips = D.load_audio(clips, 16000, min_samples=1600)
     targets = np.array([labels.index(c.label) for c in clips])
-    probs = predict(eval_windows(clips, window, pre_roll))
+    probs = predict(eval_windows(clips, window, pre_roll, pad))
     groups = [c.column(group_by) for c in clips] if group_by else None
     return {"model": str(model_path), "manifest": str(manifest),
             **evaluate(probs, targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
@@ -61,5 +64,5 @@ def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool
             raise ValueError("--int8 needs --calibration <manifest> (audio to calibrate activations on)")
         clips = D.load_audio(D.load_manifest(calibration)[:128], 16000, min_samples=1600)
         quantize_int8(out, out.with_suffix(".int8.onnx"), eval_windows(clips, model.spec.window_samples,
-                                                                        model.spec.pre_roll_samples),
+                                                                        model.spec.pre_roll_samples, model.spec.pad),
                       kind=model.spec.kind)

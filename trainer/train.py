@@ -40,29 +40,32 @@ def make_crops(clips: list[Clip], per_clip: int, rng: np.random.Generator) -> li
     return crops
 
 
-def eval_windows(clips: list[Clip], window: int, pre_roll: int) -> np.ndarray:
+def eval_windows(clips: list[Clip], window: int, pre_roll: int, pad: str) -> np.ndarray:
     """One window per clip, placed at the onset of its loudest event."""
-    return np.stack([window_at(c.audio, peak_anchor(c.audio), window, pre_roll) for c in clips])
+    return np.stack([window_at(c.audio, peak_anchor(c.audio), window, pre_roll, pad) for c in clips])
 
 
 class CropDataset(Dataset):
     """Training windows from the crop table; augmentation applies to the student's input only."""
 
     def __init__(self, clips: list[Clip], crops: list[Crop], labels: tuple[str, ...], window: int, pre_roll: int,
-                 aug: AugmentSettings | None, seed: int) -> None:
+                 pad: str, aug: AugmentSettings | None, seed: int) -> None:
         self.clips, self.crops, self.window, self.pre_roll, self.aug = clips, crops, window, pre_roll, aug
+        self.pad = pad
         self.targets = np.array([labels.index(clips[c.clip].label) for c in crops])
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, i: int):
+    def clean(self, i: int) -> np.ndarray:
         crop = self.crops[i]
-        x = window_at(self.clips[crop.clip].audio, crop.anchor, self.window, self.pre_roll)
+        return window_at(self.clips[crop.clip].audio, crop.anchor, self.window, self.pre_roll, self.pad)
+
+    def __getitem__(self, i: int):
+        x = self.clean(i)
         if self.aug is not None:
-            other = self.crops[int(self.rng.integers(len(self.crops)))]
-            background = window_at(self.clips[other.clip].audio, other.anchor, self.window, self.pre_roll)
+            background = self.clean(int(self.rng.integers(len(self.crops))))
             x = augment(x, self.rng, self.aug, background=background)
         return torch.from_numpy(x), int(self.targets[i]), i
 
@@ -172,13 +175,13 @@ def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: flo
 
 def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) -> torch.Tensor:
     """Teacher logits for every training crop (clean audio), computed once and kept in the run folder."""
-    keys = [c.key for c in ds.crops]
+    keys = [f"{c.key}:{ds.window}:{ds.pre_roll}:{ds.pad}" for c in ds.crops]
     if path.is_file():
         cached = torch.load(path, weights_only=True)
         if cached.get("keys") == keys:
             log.info("teacher outputs: reusing %s", path)
             return cached["logits"]
-    clean = np.stack([window_at(ds.clips[c.clip].audio, c.anchor, ds.window, ds.pre_roll) for c in ds.crops])
+    clean = np.stack([ds.clean(i) for i in range(len(ds))])
     logits = torch.from_numpy(predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs"))
     if accelerator.is_main_process:
         torch.save({"keys": keys, "logits": logits}, path)
