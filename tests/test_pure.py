@@ -249,6 +249,20 @@ def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
     assert len(out["source only"]["test_scores"]) == 30
 
 
+def test_paired_auc_difference_separates_a_better_model_from_a_copy():
+    from trainer.evaluate import paired_auc_difference
+
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.5
+    good = y + rng.normal(0, 0.5, 200)
+    weak = y + rng.normal(0, 2.0, 200)
+    same = paired_auc_difference(y, good, good, 200, 0)
+    assert same["diff"] == 0 and same["ci95"] == [0.0, 0.0]
+    better = paired_auc_difference(y, good, weak, 200, 0)
+    assert better["diff"] > 0 and 0 < better["ci95"][0] < better["diff"] < better["ci95"][1]
+    assert paired_auc_difference(y, weak, good, 200, 0)["ci95"][1] < 0
+
+
 def test_trainer_settings_reject_bad_values():
     from trainer.settings import KdSettings, Settings, DataSettings
 
@@ -298,6 +312,50 @@ def test_kd_step_adds_the_feature_penalty_for_both_kinds_of_student():
         assert terms["feature"].item() == pytest.approx(feature_penalty(feats).item(), rel=1e-5)
         assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
         terms["loss"].backward()
+
+
+def test_teacher_cache_is_reused_only_for_the_same_crops_and_the_same_teacher(tmp_path):
+    from accelerate import Accelerator
+
+    from trainer.data import Clip
+    from trainer.models import build_teacher
+    from trainer.train import Crop, CropDataset, teacher_cache
+
+    rng = np.random.default_rng(0)
+    clips = [Clip(Path(f"{i}.wav"), "a" if i % 2 else "b", str(i), sha256=f"{i:064d}",
+                  audio=(0.1 * rng.standard_normal(20000)).astype(np.float32)) for i in range(3)]
+    crops = [Crop(i, 8000, f"{clips[i].sha256}:8000") for i in range(3)]
+    ds = CropDataset(clips, crops, ("a", "b"), 16000, 4000, "wrap", None, 0)
+    torch.manual_seed(0)
+    teacher = build_teacher("preset:tiny", ("a", "b"), "a", window_samples=16000, pre_roll_samples=4000)
+    path, acc = tmp_path / "teacher_cache.pt", Accelerator(cpu=True)
+    first = teacher_cache(teacher, ds, path, acc)
+    saved = torch.load(path, weights_only=True)
+    saved["logits"] = saved["logits"] + 100.0  # a marker: a reuse returns it, a recomputation does not
+    torch.save(saved, path)
+    assert torch.equal(teacher_cache(teacher, ds, path, acc), saved["logits"])
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.5)  # "retrained" teacher, same folder
+    changed = teacher_cache(teacher, ds, path, acc)
+    assert changed.abs().max() < 100 and not torch.equal(changed, first)
+    other_pad = CropDataset(clips, crops, ("a", "b"), 16000, 4000, "zero", None, 0)
+    assert torch.load(path, weights_only=True)["keys"] != [f"{c.key}:16000:4000:zero" for c in crops]
+    assert teacher_cache(teacher, other_pad, path, acc).shape == first.shape
+
+
+def test_student_front_end_band_limit_is_validated_and_reaches_the_model():
+    from trainer.models import build_cnn_student
+    from trainer.settings import DataSettings, Settings, StudentSettings
+
+    with pytest.raises(ValueError, match=r"student.f_max_hz = 9000.0 must be in \[1000, 8000\] Hz"):
+        Settings(data=DataSettings(manifest="x"), student=StudentSettings(f_max_hz=9000.0)).validate()
+    student = build_cnn_student(("a", "b"), "a", window_samples=16000, pre_roll_samples=4000, f_max_hz=4000)
+    assert student.spec.frontend["f_max"] == 4000.0
+    # no mel band reaches above 4 kHz: a tone at 6 kHz leaves the features as they are for silence
+    t = np.arange(16000) / 16000
+    tone = torch.from_numpy((0.5 * np.sin(2 * np.pi * 6000 * t)).astype(np.float32))[None]
+    low = torch.from_numpy((0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32))[None]
+    assert student.frontend(tone + low).sub(student.frontend(low)).abs().max() < 1e-3
 
 
 class _RecordingModel:

@@ -38,7 +38,11 @@ def test_distill_writes_a_complete_run(run):
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
     assert {"loss", "kl", "ce", "val_auc"} <= set(report["history"]["student"][0])
     assert {"classical (recording)", "classical (window)", "source only", "duration only"} == set(report["baselines"])
-    assert "## Baselines on the same split" in (run / "report.md").read_text()
+    assert set(report["comparisons"]) == {"teacher", *report["baselines"]}
+    for c in report["comparisons"].values():
+        assert -1.0 <= c["ci95"][0] <= c["diff"] <= c["ci95"][1] <= 1.0
+    md = (run / "report.md").read_text()
+    assert "## Baselines on the same split" in md and "| classical (recording) | " in md
     assert (run / "student.int8.onnx").stat().st_size <= 250_000
     card = (run / "MODEL_CARD.md").read_text()
     assert "Not a diagnosis" in card and "trainer distill" in card

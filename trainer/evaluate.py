@@ -48,6 +48,29 @@ def bootstrap_auc_ci(is_positive: np.ndarray, scores: np.ndarray, n: int, seed: 
     return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))] if aucs else None
 
 
+def paired_auc_difference(is_positive: np.ndarray, scores_a: np.ndarray, scores_b: np.ndarray, n: int,
+                          seed: int) -> dict:
+    """ROC-AUC of ``a`` minus that of ``b`` on the same examples, with a paired bootstrap 95% interval.
+
+    Each resample draws the same examples for both, so the interval reflects the difference between the
+    models, not the test set's luck; an interval that contains 0 means the data cannot tell them apart.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    is_positive = np.asarray(is_positive, dtype=bool)
+    out = {"diff": float(roc_auc_score(is_positive, scores_a) - roc_auc_score(is_positive, scores_b)), "ci95": None}
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(max(n, 0)):
+        idx = rng.integers(0, is_positive.size, is_positive.size)
+        y = is_positive[idx]
+        if 0 < y.sum() < y.size:
+            diffs.append(roc_auc_score(y, scores_a[idx]) - roc_auc_score(y, scores_b[idx]))
+    if diffs:
+        out["ci95"] = [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))]
+    return out
+
+
 def evaluate(probs: np.ndarray, targets: np.ndarray, positive: int, threshold: float, *, groups: list[str] | None = None,
              bootstrap: int = 1000, seed: int = 0) -> dict:
     """Pooled metrics, and per value of ``groups`` (one string per example) when given."""

@@ -162,9 +162,10 @@ def _wants_normalisation(source: str) -> bool:
 
 def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
                       pre_roll_samples: int, pad: str = "zero", widths: tuple[int, ...] = ModelSpec.widths,
-                      pooling: str = "mean") -> CnnStudent:
+                      pooling: str = "mean", f_max_hz: float = FrontendConfig.f_max) -> CnnStudent:
+    frontend = FrontendConfig(f_max=float(f_max_hz)).to_dict()
     spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, window_samples=window_samples,
-                     pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=FrontendConfig().to_dict(),
+                     pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=frontend,
                      widths=tuple(widths), pooling=pooling)
     return CnnStudent(spec)
 

@@ -13,7 +13,7 @@ import torch
 from . import data as D
 from .augment import AugmentSettings
 from .baselines import run_baselines
-from .evaluate import choose_threshold, distillation_loss, evaluate
+from .evaluate import choose_threshold, distillation_loss, evaluate, paired_auc_difference
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
 from .models import build_cnn_student, build_teacher, build_w2v_small, count_parameters, save_checkpoint
 from .report import write_model_card, write_report
@@ -88,7 +88,7 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     if s.student.kind == "cnn":
         student = build_cnn_student(labels, positive, window_samples=window, pre_roll_samples=pre_roll, pad=pad,
                                     widths=tuple(int(w) for w in s.student.widths.split(",")),
-                                    pooling=s.student.pooling)
+                                    pooling=s.student.pooling, f_max_hz=s.student.f_max_hz)
         lr = s.student.lr or 3e-3
     else:
         student = build_w2v_small(teacher.cpu(), s.student.layers)
@@ -145,11 +145,17 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
         results[fname] = evaluate(test_probs[fname], targets["test"], pos, thr, groups=group_values,
                                   bootstrap=s.run.bootstrap, seed=s.run.seed)
         results[fname]["size_bytes"] = path.stat().st_size
+    # The student against each reference on the same clips, as differences with paired intervals
+    test_pos, student_scores = targets["test"] == pos, test_probs["student"][:, pos]
+    references = {"teacher": test_probs["teacher"][:, pos], **baseline_scores}
+    comparisons = {name: paired_auc_difference(test_pos, student_scores, ref, s.run.bootstrap, s.run.seed)
+                   for name, ref in references.items()}
     report = {
         "command": command, "labels": list(labels), "positive_label": positive, "splits": D.describe(parts),
         "group_by": s.data.group_by or None, "parameters": {"teacher": count_parameters(teacher),
                                                              "student": count_parameters(student)},
-        "thresholds": thresholds, "results": results, "baselines": baselines, "history": history,
+        "thresholds": thresholds, "results": results, "baselines": baselines,
+        "comparisons": comparisons, "history": history,
         "onnx_parity": parity,
         "settings": s.to_dict(),
     }

@@ -116,7 +116,26 @@ def baselines_section(report: dict) -> list[str]:
             "`classical (recording)` is the data's published reference recipe (40 log-mel means and deviations at "
             "8 kHz, logistic regression) over whole recordings; `classical (window)` applies it to the student's "
             "window. The `... only` rows score a single column: a model near them may be learning the recording "
-            "channel or length, not the cough.", "", *metrics_table(report["baselines"]), ""]
+            "channel or length, not the cough.", "", *metrics_table(report["baselines"]), "",
+            *comparisons_section(report)]
+
+
+def comparisons_section(report: dict) -> list[str]:
+    """Student ROC-AUC minus each reference's, on the same test clips, with paired bootstrap intervals."""
+    rows = report.get("comparisons") or {}
+    if not rows:
+        return []
+
+    def verdict(c: dict) -> str:
+        lo, hi = c["ci95"] or (float("nan"), float("nan"))
+        return "higher" if lo > 0 else "lower" if hi < 0 else "not distinguishable on this test set"
+
+    lines = ["Student ROC-AUC minus each reference's on the same test clips (paired bootstrap, 95%):", "",
+             "| reference | difference [95% CI] | student is |", "|---|---|---|"]
+    for name, c in rows.items():
+        ci = "[{:+.3f}, {:+.3f}]".format(*c["ci95"]) if c["ci95"] else "-"
+        lines.append(f"| {name} | {c['diff']:+.3f} {ci} | {verdict(c)} |")
+    return [*lines, ""]
 
 
 def data_attribution(manifests: str) -> list[str]:

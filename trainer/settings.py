@@ -66,6 +66,9 @@ class StudentSettings:
     """cnn: channels of the conv blocks, comma-separated."""
     pooling: str = "mean"
     """cnn: ``mean`` (global average) or ``meanstd`` (also each channel's standard deviation over time)."""
+    f_max_hz: float = 8000.0
+    """cnn: highest mel band edge in Hz; 4000 keeps only the telephone band, so a model cannot tell an 8 kHz
+    telephone recording from a wideband one by its empty top octave."""
     batch_size: int = 32
     """Windows per optimisation step."""
 
@@ -117,6 +120,8 @@ class Settings:
             (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),
             (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),
             (s.pooling in ("mean", "meanstd"), "student.pooling", s.pooling, "must be mean or meanstd"),
+            (1000 <= s.f_max_hz <= d.sample_rate / 2, "student.f_max_hz", s.f_max_hz,
+             f"must be in [1000, {d.sample_rate / 2:g}] Hz (half the sample rate)"),
             (0 <= k.alpha <= 1, "kd.alpha", k.alpha, "must be in [0, 1]"),
             (k.temperature > 0, "kd.temperature", k.temperature, "must be > 0"),
             (k.feature_weight >= 0, "kd.feature_weight", k.feature_weight, "must be >= 0"),

@@ -5,6 +5,7 @@ The same code runs on a CPU, one GPU (bf16 autocast) and several GPUs under ``ac
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,17 +174,32 @@ def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: flo
     return step
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over a model's parameter and buffer names and values: which weights produced a cached output."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) -> torch.Tensor:
-    """Teacher logits for every training crop (clean audio), computed once and kept in the run folder."""
+    """Teacher logits for every training crop (clean audio), computed once and kept in the run folder.
+
+    Reused only when both the crops (clip content hash, anchor, window, pre-roll, pad) and the teacher's
+    weights match, so a re-run into the same folder with another or retrained teacher recomputes.
+    """
     keys = [f"{c.key}:{ds.window}:{ds.pre_roll}:{ds.pad}" for c in ds.crops]
+    digest = weights_digest(teacher)
     if path.is_file():
         cached = torch.load(path, weights_only=True)
-        if cached.get("keys") == keys:
+        if cached.get("keys") == keys and cached.get("teacher") == digest:
             log.info("teacher outputs: reusing %s", path)
             return cached["logits"]
+        log.info("teacher outputs: %s was made for other crops or another teacher; recomputing", path)
     clean = np.stack([ds.clean(i) for i in range(len(ds))])
     logits = torch.from_numpy(predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs"))
     if accelerator.is_main_process:
-        torch.save({"keys": keys, "logits": logits}, path)
+        torch.save({"keys": keys, "teacher": digest, "logits": logits}, path)
     accelerator.wait_for_everyone()
     return logits
