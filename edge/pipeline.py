@@ -81,12 +81,24 @@ class Pipeline:
             c.sounds += 1
             self._pending.append(sound)
         events = self._drain(final=False, t_complete=t0)
-        drop = self._buf.size - self._keep
-        if drop > 0 and not self._pending:
-            self._buf = self._buf[drop:]
-            self._buf_start += drop
+        self._trim()
         c.busy_s += time.monotonic() - t0
         return events
+
+    @property
+    def buffered_samples(self) -> int:
+        """Audio samples held for windows not yet cut (bounded by the longest window plus the longest sound)."""
+        return int(self._buf.size)
+
+    def _trim(self) -> None:
+        """Forget audio that no pending sound's window and no sound still to be reported can reach."""
+        first_needed = self._buf_start + self._buf.size - self._keep
+        if self._pending:
+            first_needed = min(first_needed, min(s.onset for s in self._pending) - self._before)
+        drop = first_needed - self._buf_start
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_start += drop
 
     def flush(self) -> list[CoughEvent]:
         """End of stream: classify pending sounds, zero-padding windows that run past the end."""

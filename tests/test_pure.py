@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,29 @@ def test_trainer_settings_reject_bad_values():
         Settings(data=DataSettings(manifest="x"), kd=KdSettings(alpha=2.0)).validate()
 
 
+def test_augmentation_is_configured_from_flags_and_can_be_switched_off():
+    import argparse
+
+    from trainer.augment import augment
+    from trainer.settings import add_arguments, from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = from_args(parser.parse_args(["--data", "x", "--no-augment-apply", "--augment-mix-p", "0"]))
+    assert settings.augment.apply is False and settings.augment.mix_p == 0.0
+    with pytest.raises(ConfigError, match=r"augment.noise_p = 1.5 must be a probability in \[0, 1\]"):
+        from_args(parser.parse_args(["--data", "x", "--augment-noise-p", "1.5"]))
+    with pytest.raises(ConfigError, match="augment.mix_snr_min_db = 40.0 must not exceed augment.mix_snr_max_db"):
+        from_args(parser.parse_args(["--data", "x", "--augment-mix-snr-min-db", "40"]))
+    # every transform off: the window comes back as it went in; noise always on: it does not
+    x = np.sin(np.linspace(0, 200, 16000)).astype(np.float32) * 0.3
+    off = replace(settings.augment, gain_db=0.0, noise_p=0.0, shift_p=0.0, telephone_p=0.0, mix_p=0.0)
+    assert np.array_equal(augment(x, np.random.default_rng(0), off, background=x[::-1].copy()), x)
+    noisy = replace(off, noise_p=1.0, noise_snr_min_db=10.0, noise_snr_max_db=10.0)
+    residual = augment(x, np.random.default_rng(0), noisy) - x
+    assert 10 * np.log10(np.mean(x**2) / np.mean(residual**2)) == pytest.approx(10.0, abs=0.5)
+
+
 def test_teacher_loads_from_a_local_save_pretrained_folder(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
@@ -358,6 +382,30 @@ def test_student_front_end_band_limit_is_validated_and_reaches_the_model():
     assert student.frontend(tone + low).sub(student.frontend(low)).abs().max() < 1e-3
 
 
+def test_band_stats_skip_path_reaches_the_head_and_survives_a_checkpoint(tmp_path):
+    from trainer.models import build_cnn_student, load_checkpoint, save_checkpoint
+
+    t = np.arange(16000) / 16000
+    rng = np.random.default_rng(0)
+    low = torch.from_numpy((0.3 * np.sin(2 * np.pi * 300 * t) + 0.01 * rng.standard_normal(16000)).astype(np.float32))
+    high = torch.from_numpy((0.3 * np.sin(2 * np.pi * 5000 * t) + 0.01 * rng.standard_normal(16000)).astype(np.float32))
+    audio = torch.stack([low, high])
+    outputs = {}
+    for band_stats in (False, True):
+        torch.manual_seed(0)
+        student = build_cnn_student(("a", "b"), "a", window_samples=16000, pre_roll_samples=4000, widths=(4, 8),
+                                    band_stats=band_stats).eval()
+        with torch.no_grad():
+            for m in student.body.modules():
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.zero_()  # the conv path now says the same for every input
+            outputs[band_stats] = student(audio)
+    assert torch.allclose(outputs[False][0], outputs[False][1])  # without the skip: blind
+    assert not torch.allclose(outputs[True][0], outputs[True][1])  # the band statistics tell them apart
+    loaded = load_checkpoint(save_checkpoint(student, tmp_path / "s"))
+    assert loaded.spec.band_stats and torch.equal(loaded(audio), outputs[True])
+
+
 class _RecordingModel:
     """Stands in for edge.inference.Classifier: records the windows it is given, answers fixed probabilities."""
 
@@ -397,3 +445,30 @@ def test_pipeline_cuts_each_models_own_window_around_the_onset(chunk):
         start = onset - model.info.pre_roll_samples
         np.testing.assert_array_equal(window, audio[start:start + model.info.window_samples])
     assert events[0].label == "yes" and events[0].probabilities == {"yes": 0.7, "no": 0.3}
+
+
+def test_pipeline_memory_stays_bounded_when_sounds_never_stop():
+    """With a 3 s window and a burst every second some sound is always pending; the buffer must still be cut."""
+    from edge.pipeline import Pipeline
+
+    rng = np.random.default_rng(2)
+    seconds = 40
+    audio = (0.002 * rng.standard_normal(16000 * seconds)).astype(np.float32)
+    bursts = range(16000, 16000 * (seconds - 1), 16000)
+    for b in bursts:
+        audio[b:b + 3200] += (0.5 * rng.standard_normal(3200)).astype(np.float32)
+    detector = _RecordingModel("det", 16000, 4000, [0.9, 0.1])
+    classifier = _RecordingModel("cls", 48000, 4000, [0.7, 0.3])
+    events = []
+    pipe = Pipeline(detector, classifier, "dev", events.append, synced=True)
+    held = []
+    for start in range(0, audio.size, 1600):
+        pipe.feed(audio[start:start + 1600])
+        held.append(pipe.buffered_samples)
+    pipe.flush()
+    assert len(events) == len(bursts)
+    assert max(held) < 6 * 16000, "the buffer holds the longest window and sound, not the stream"
+    for event, window in zip(events, classifier.windows):
+        start = event.onset_sample - 4000
+        expected = audio[start:start + 48000]
+        np.testing.assert_array_equal(window[:expected.size], expected)

@@ -17,7 +17,8 @@ def run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run") / "covid"
     rc = main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", "preset:tiny", "--teacher-epochs", "2",
-               "--student-epochs", "2", "--student-widths", "8,16", "--student-pooling", "meanstd", "--data-group-by", "source",
+               "--student-epochs", "2", "--student-widths", "8,16", "--student-pooling", "meanstd",
+               "--student-band-stats", "--data-group-by", "source",
                "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "50",
                "--out", str(out)])
     assert rc == 0

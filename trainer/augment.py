@@ -1,4 +1,7 @@
-"""Waveform augmentation for training windows (numpy; applied to the student's input only)."""
+"""Waveform augmentation of training windows (numpy), for teacher fine-tuning and the student's input.
+
+The teacher's cached outputs, the student's distillation targets, are computed on clean crops.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,24 +11,42 @@ import numpy as np
 
 @dataclass(frozen=True)
 class AugmentSettings:
+    """Augmentation of training windows: ``--augment-*`` flags and the ``[augment]`` config section."""
+
+    apply: bool = True
+    """Augment training windows at all (``--no-augment-apply`` trains on clean crops)."""
     gain_db: float = 6.0
     """Random gain drawn uniformly in [-gain_db, +gain_db] dB."""
-    noise_snr_db: tuple[float, float] = (15.0, 40.0)
-    """White noise at an SNR drawn uniformly in this range (dB), with probability ``p``."""
+    noise_p: float = 0.5
+    """Probability of white noise."""
+    noise_snr_min_db: float = 15.0
+    """Lowest signal-to-noise ratio of that noise, in dB."""
+    noise_snr_max_db: float = 40.0
+    """Highest signal-to-noise ratio of that noise, in dB."""
+    shift_p: float = 0.5
+    """Probability of a time shift."""
     shift_samples: int = 1600
-    """Circular-free time shift drawn uniformly in [-shift, +shift] samples (zero-filled)."""
+    """Largest time shift in samples (drawn uniformly in [-shift, +shift]; the vacated edge is zero-filled)."""
     telephone_p: float = 0.25
     """Probability of a 300-3400 Hz telephone band-limit."""
-    p: float = 0.5
-    """Probability of each of noise and shift."""
     mix_p: float = 0.3
     """Probability of mixing in another clip's window as background (speech, breathing, other coughs)."""
-    mix_snr_db: tuple[float, float] = (10.0, 30.0)
-    """Foreground-to-background ratio of the mixed-in window, drawn uniformly in this range (dB)."""
+    mix_snr_min_db: float = 10.0
+    """Lowest foreground-to-background ratio of the mixed-in window, in dB."""
+    mix_snr_max_db: float = 30.0
+    """Highest foreground-to-background ratio of the mixed-in window, in dB."""
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.p <= 1.0 and 0.0 <= self.telephone_p <= 1.0):
-            raise ValueError("augmentation probabilities must be in [0, 1]")
+        for name in ("noise_p", "shift_p", "telephone_p", "mix_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} = {getattr(self, name)!r} must be a probability in [0, 1]")
+        for lo, hi in (("noise_snr_min_db", "noise_snr_max_db"), ("mix_snr_min_db", "mix_snr_max_db")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"augment.{lo} = {getattr(self, lo)!r} must not exceed augment.{hi} = "
+                                 f"{getattr(self, hi)!r}")
+        if self.gain_db < 0 or self.shift_samples < 0:
+            raise ValueError(f"augment.gain_db = {self.gain_db!r} and augment.shift_samples = "
+                             f"{self.shift_samples!r} must be >= 0")
 
 
 def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_rate: int = 16000,
@@ -33,8 +54,8 @@ def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_
     x = x.astype(np.float32, copy=True)
     if background is not None and rng.random() < s.mix_p:
         ratio = np.sqrt((np.mean(x**2) + 1e-10) / (np.mean(background**2) + 1e-10))
-        x = x + background * np.float32(ratio / 10 ** (rng.uniform(*s.mix_snr_db) / 20))
-    if rng.random() < s.p and s.shift_samples:
+        x = x + background * np.float32(ratio / 10 ** (rng.uniform(s.mix_snr_min_db, s.mix_snr_max_db) / 20))
+    if rng.random() < s.shift_p and s.shift_samples:
         shift = int(rng.integers(-s.shift_samples, s.shift_samples + 1))
         x = np.roll(x, shift)
         if shift > 0:
@@ -43,9 +64,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_
             x[shift:] = 0
     if rng.random() < s.telephone_p:
         x = band_limit(x, sample_rate, 300.0, 3400.0)
-    if rng.random() < s.p:
+    if rng.random() < s.noise_p:
         power = float(np.mean(x**2)) + 1e-10
-        snr = rng.uniform(*s.noise_snr_db)
+        snr = rng.uniform(s.noise_snr_min_db, s.noise_snr_max_db)
         x = x + rng.standard_normal(x.size).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
     x *= np.float32(10 ** (rng.uniform(-s.gain_db, s.gain_db) / 20))
     return np.clip(x, -1.0, 1.0).astype(np.float32)

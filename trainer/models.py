@@ -41,6 +41,9 @@ class ModelSpec:
     """``cnn`` only: channels of the conv blocks."""
     pooling: str = "mean"
     """``cnn`` only: ``mean`` over frequency and time, or ``meanstd`` (time mean and standard deviation too)."""
+    band_stats: bool = False
+    """``cnn`` only: the head also sees each mel band's mean and standard deviation over time of the log-mel
+    input (the classical reference's features), batch-normalised: a skip path past the conv blocks."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -77,20 +80,31 @@ class CnnStudent(nn.Module):
         if spec.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
         self.dropout = nn.Dropout(0.2)
-        self.head = nn.Linear(cin * (2 if spec.pooling == "meanstd" else 1), len(spec.labels))
+        n_pooled = cin * (2 if spec.pooling == "meanstd" else 1)
+        if spec.band_stats:
+            self.band_norm = nn.BatchNorm1d(2 * self.frontend.cfg.n_mels)
+            n_pooled += 2 * self.frontend.cfg.n_mels
+        self.head = nn.Linear(n_pooled, len(spec.labels))
 
     def forward(self, audio: torch.Tensor, return_features: bool = False):
         """Logits; with ``return_features`` also the CNN activations before pooling (for the feature penalty)."""
-        features = self.body(self.frontend(audio))  # [batch, channels, mels, frames]
+        logmel = self.frontend(audio)  # [batch, 1, mels, frames]
+        features = self.body(logmel)  # [batch, channels, mels', frames']
         if self.spec.pooling == "meanstd":
-            over_time = features.mean(dim=2)
-            mean = over_time.mean(dim=2)
-            std = torch.sqrt(((over_time - mean.unsqueeze(2)) ** 2).mean(dim=2) + 1e-5)
-            pooled = torch.cat([mean, std], dim=1)
+            pooled = _mean_std_over_time(features.mean(dim=2))
         else:
             pooled = features.mean(dim=(2, 3))
+        if self.spec.band_stats:
+            pooled = torch.cat([pooled, self.band_norm(_mean_std_over_time(logmel.squeeze(1)))], dim=1)
         logits = self.head(self.dropout(pooled))
         return (logits, features) if return_features else logits
+
+
+def _mean_std_over_time(x: torch.Tensor) -> torch.Tensor:
+    """``[batch, rows, frames]`` -> ``[batch, 2 * rows]``: each row's mean, then its standard deviation."""
+    mean = x.mean(dim=2)
+    std = torch.sqrt(((x - mean.unsqueeze(2)) ** 2).mean(dim=2) + 1e-5)
+    return torch.cat([mean, std], dim=1)
 
 
 class HfAudioClassifier(nn.Module):
@@ -162,11 +176,12 @@ def _wants_normalisation(source: str) -> bool:
 
 def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
                       pre_roll_samples: int, pad: str = "zero", widths: tuple[int, ...] = ModelSpec.widths,
-                      pooling: str = "mean", f_max_hz: float = FrontendConfig.f_max) -> CnnStudent:
+                      pooling: str = "mean", f_max_hz: float = FrontendConfig.f_max,
+                      band_stats: bool = False) -> CnnStudent:
     frontend = FrontendConfig(f_max=float(f_max_hz)).to_dict()
     spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, window_samples=window_samples,
                      pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=frontend,
-                     widths=tuple(widths), pooling=pooling)
+                     widths=tuple(widths), pooling=pooling, band_stats=band_stats)
     return CnnStudent(spec)
 
 

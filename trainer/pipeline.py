@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from . import data as D
-from .augment import AugmentSettings
 from .baselines import run_baselines
 from .evaluate import choose_threshold, distillation_loss, evaluate, paired_auc_difference
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
@@ -71,8 +70,9 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     if freeze:
         teacher.model.freeze_feature_encoder()
     history = {"teacher": [], "student": []}
+    aug = s.augment if s.augment.apply else None
     if s.teacher.epochs:
-        ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, AugmentSettings(), s.run.seed)
+        ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, aug, s.run.seed)
         teacher, history["teacher"] = fit(
             teacher, balanced_loader(ds, s.teacher.batch_size, s.run.seed, per_epoch), ce_step,
             epochs=s.teacher.epochs, lr=s.teacher.lr or (1e-3 if preset else 2.5e-5), desc="teacher", **common)
@@ -88,13 +88,14 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     if s.student.kind == "cnn":
         student = build_cnn_student(labels, positive, window_samples=window, pre_roll_samples=pre_roll, pad=pad,
                                     widths=tuple(int(w) for w in s.student.widths.split(",")),
-                                    pooling=s.student.pooling, f_max_hz=s.student.f_max_hz)
+                                    pooling=s.student.pooling, f_max_hz=s.student.f_max_hz,
+                                    band_stats=s.student.band_stats)
         lr = s.student.lr or 3e-3
     else:
         student = build_w2v_small(teacher.cpu(), s.student.layers)
         teacher.to(accelerator.device)
         lr = s.student.lr or 2.5e-5
-    aug_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, AugmentSettings(), s.run.seed + 1)
+    aug_ds = CropDataset(parts["train"], crops, labels, window, pre_roll, pad, aug, s.run.seed + 1)
     step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight)
     student, history["student"] = fit(student, balanced_loader(aug_ds, s.student.batch_size, s.run.seed + 1, per_epoch),
                                       step, epochs=s.student.epochs, lr=lr, desc="student", **common)

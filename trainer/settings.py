@@ -11,6 +11,8 @@ from pathlib import Path
 
 from edge import config
 
+from .augment import AugmentSettings
+
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -66,6 +68,9 @@ class StudentSettings:
     """cnn: channels of the conv blocks, comma-separated."""
     pooling: str = "mean"
     """cnn: ``mean`` (global average) or ``meanstd`` (also each channel's standard deviation over time)."""
+    band_stats: bool = False
+    """cnn: also feed the head each mel band's time mean and standard deviation of the log-mel input (the
+    classical reference's features) past the conv blocks."""
     f_max_hz: float = 8000.0
     """cnn: highest mel band edge in Hz; 4000 keeps only the telephone band, so a model cannot tell an 8 kHz
     telephone recording from a wideband one by its empty top octave."""
@@ -102,6 +107,7 @@ class RunSettings:
 @dataclass(frozen=True)
 class Settings:
     data: DataSettings = field(default_factory=DataSettings)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
     teacher: TeacherSettings = field(default_factory=TeacherSettings)
     student: StudentSettings = field(default_factory=StudentSettings)
     kd: KdSettings = field(default_factory=KdSettings)
@@ -151,7 +157,7 @@ SHORTCUTS = {"--data": "data_manifest", "--teacher": "teacher_source", "--studen
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--<section>-<field>`` for every settings field, plus the short forms in ``SHORTCUTS``."""
-    parser.add_argument("--config", type=Path, help="TOML file with [data], [teacher], [student], [kd], [run]")
+    parser.add_argument("--config", type=Path, help="TOML file with [data], [augment], [teacher], [student], [kd], [run]")
     config.add_arguments(parser, Settings, SHORTCUTS)
 
 
