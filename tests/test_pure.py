@@ -472,3 +472,4 @@ def test_pipeline_memory_stays_bounded_when_sounds_never_stop():
         start = event.onset_sample - 4000
         expected = audio[start:start + 48000]
         np.testing.assert_array_equal(window[:expected.size], expected)
+        assert not window[expected.size:].any(), "past the end of the stream the window is zero-padded"
