@@ -13,6 +13,7 @@ from pathlib import Path
 from . import config
 from .audio import AudioError, FileSource, MicSource, StdinSource
 from .contract import ContractError
+from .outbox import OutboxError
 from .settings import DEFAULT_CONFIG, EdgeSettings
 
 log = logging.getLogger("edge")
@@ -50,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = _source(args, s, rate)
     sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events)) if s.mqtt.host \
         else StdoutSink()
+
     def emit(event) -> None:
         sink.submit(event)  # durable first: an id that was logged is in the outbox
         log.info("event id=%s onset_utc=%s label=%s cough_score=%.3f", event.event_id, event.onset_utc, event.label,
@@ -67,19 +69,79 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.run()
 
 
+SESSION_EXPIRY_S = 0xFFFFFFFF
+"""MQTT v5 session expiry of `edge listen --session`: the broker keeps the session (never expires)."""
+
+
+def parse_event(payload: bytes) -> tuple[str, str]:
+    """``(event_id, text)`` of an event message; ValueError saying what is wrong with a malformed one."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(event, dict):
+        raise ValueError(f"not a JSON object but {type(event).__name__}")
+    event_id = event.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        raise ValueError(f"event_id is {event_id!r}, not a non-empty string")
+    return event_id, text
+
+
+class Listener:
+    """Prints each event once (de-duplicated by event_id); skips and reports malformed messages."""
+
+    def __init__(self, count: int) -> None:
+        self.count, self.printed, self.malformed = count, 0, 0
+        self.seen: OrderedDict[str, None] = OrderedDict()
+        self.done = threading.Event()
+
+    def on_message(self, client, userdata, msg) -> None:
+        if msg.topic.endswith("/event"):
+            self._event(msg.topic, msg.payload)
+            return
+        try:
+            payload = msg.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self._skip(msg.topic, "payload is not UTF-8")
+            return
+        print(json.dumps({"topic": msg.topic, "payload": payload, "retained": bool(msg.retain)}), flush=True)
+
+    def _event(self, topic: str, payload: bytes) -> None:
+        try:
+            event_id, text = parse_event(payload)
+        except ValueError as exc:
+            self._skip(topic, str(exc))
+            return
+        if event_id in self.seen:
+            return
+        self.seen[event_id] = None
+        if len(self.seen) > 100000:
+            self.seen.popitem(last=False)
+        print(text, flush=True)
+        self.printed += 1
+        if self.count and self.printed >= self.count:
+            self.done.set()
+
+    def _skip(self, topic: str, why: str) -> None:
+        self.malformed += 1
+        log.warning("skipped a malformed message on %s: %s (%d skipped so far)", topic, why, self.malformed)
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     """Subscribe and print each event once (de-duplicated by event_id) as a JSON line."""
-    from .mqtt import make_client
+    from .mqtt import connect_properties, guarded, make_client
 
     s = _settings(args)
     if not s.mqtt.host:
         raise config.ConfigError("mqtt.host is empty: `edge listen` needs a broker (--mqtt-host)")
     # A named session is persistent: the broker queues events for it while this subscriber is away.
     client_id = f"coughwatch-listen-{args.session}" if args.session else f"coughwatch-listen-{os.getpid()}"
-    client = make_client(s.mqtt, client_id, clean_session=not args.session)
-    seen: OrderedDict[str, None] = OrderedDict()
-    done = threading.Event()
-    count = [0]
+    client = make_client(s.mqtt, client_id)
+    listener = Listener(args.count)
     device = args.device_filter or "+"
     topics = [f"{s.mqtt.topic_prefix}/{device}/event"] + \
         ([f"{s.mqtt.topic_prefix}/{device}/status", f"{s.mqtt.topic_prefix}/{device}/stats"] if args.all else [])
@@ -87,41 +149,22 @@ def cmd_listen(args: argparse.Namespace) -> int:
     def on_connect(c, userdata, flags, rc, props):
         if rc.is_failure:
             print(f"edge listen: broker refused the connection: {rc}", file=sys.stderr)
-            done.set()
+            listener.done.set()
             return
         for t in topics:
             c.subscribe(t, qos=1)
 
-    def on_message(c, userdata, msg):
-        if msg.topic.endswith("/event"):
-            try:
-                event_id = json.loads(msg.payload)["event_id"]
-            except (ValueError, KeyError):
-                log.warning("ignored a malformed event on %s", msg.topic)
-                return
-            if event_id in seen:
-                return
-            seen[event_id] = None
-            if len(seen) > 100000:
-                seen.popitem(last=False)
-            print(msg.payload.decode(), flush=True)
-            count[0] += 1
-            if args.count and count[0] >= args.count:
-                done.set()
-        else:
-            print(json.dumps({"topic": msg.topic, "payload": msg.payload.decode(), "retained": bool(msg.retain)}),
-                  flush=True)
-
-    client.on_connect, client.on_message = on_connect, on_message
-    client.connect_async(s.mqtt.host, s.mqtt.port, keepalive=s.mqtt.keepalive_s)
+    client.on_connect, client.on_message = guarded(on_connect), guarded(listener.on_message)
+    client.connect_async(s.mqtt.host, s.mqtt.port, keepalive=s.mqtt.keepalive_s, clean_start=not args.session,
+                         properties=connect_properties(SESSION_EXPIRY_S if args.session else 0))
     client.loop_start()
     try:
-        done.wait(args.timeout if args.timeout > 0 else None)
+        listener.done.wait(args.timeout if args.timeout > 0 else None)
     except KeyboardInterrupt:
         pass
     client.disconnect()
     client.loop_stop()
-    return 0 if not args.count or count[0] >= args.count else 1
+    return 0 if not args.count or listener.printed >= args.count else 1
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -139,6 +182,16 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_rate(text: str) -> int:
+    try:
+        rate = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of Hz") from None
+    if not 1000 <= rate <= 384000:
+        raise argparse.ArgumentTypeError(f"{rate} Hz is outside 1000..384000 Hz")
+    return rate
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edge", description="coughwatch edge daemon (research screening, not diagnosis)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -153,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "run":
             p.add_argument("--source", default="", help="WAV/FLAC file to replay, or - for raw s16le PCM on stdin")
             p.add_argument("--fast", action="store_true", help="replay the file as fast as possible")
-            p.add_argument("--stdin-rate", type=int, default=16000, help="sample rate of PCM on stdin, in Hz")
+            p.add_argument("--stdin-rate", type=_sample_rate, default=16000,
+                           help="sample rate of PCM on stdin, in Hz (1000..384000)")
         if name == "listen":
             p.add_argument("--device-filter", default="", help="only this device id (default: all)")
             p.add_argument("--count", type=int, default=0, help="exit after this many events")
@@ -168,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {"run": cmd_run, "listen": cmd_listen, "check": cmd_check, "devices": cmd_devices}
     try:
         return handlers[args.command](args)
-    except (config.ConfigError, ContractError, AudioError) as exc:
+    except (config.ConfigError, ContractError, AudioError, OutboxError) as exc:
         print(f"edge {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

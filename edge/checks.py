@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 
 from .settings import EdgeSettings
 
@@ -37,34 +38,75 @@ def _check_mic(s: EdgeSettings) -> list[str]:
     return [f"microphone at {mic.native_rate} Hz: {audio.size} samples, peak {peak:.4f}{note}"]
 
 
-def _check_broker(s: EdgeSettings) -> list[str]:
-    from .mqtt import make_client
+PROBE_WAIT_S = 10.0
+"""How long `edge check` waits for each broker step (connect, subscribe, PUBACK, delivery), in seconds."""
 
+
+class _Probe:
+    """Connects, subscribes to the device's check topic, publishes a probe there and waits for it to come back."""
+
+    def __init__(self, s: EdgeSettings) -> None:
+        from .mqtt import guarded, make_client
+
+        self.where = f"broker {s.mqtt.host}:{s.mqtt.port}"
+        self.topic = f"{s.mqtt.topic_prefix}/{s.device.id}/check"
+        self.nonce = uuid.uuid4().hex.encode()
+        self.results: dict = {}
+        self.steps = {name: threading.Event() for name in ("connect", "subscribe", "publish", "message")}
+        self.client = make_client(s.mqtt, f"coughwatch-check-{s.device.id}")
+        self.client.on_connect = guarded(lambda c, u, f, rc, p: self._done("connect", rc))
+        self.client.on_subscribe = guarded(lambda c, u, mid, rcs, p: self._done("subscribe", rcs[0]))
+        self.client.on_publish = guarded(lambda c, u, mid, rc, p: self._done("publish", rc))
+        self.client.on_message = guarded(lambda c, u, m: m.payload == self.nonce and self._done("message", m))
+
+    def _done(self, step: str, value) -> None:
+        self.results[step] = value
+        self.steps[step].set()
+
+    def _wait(self, step: str, failure: str):
+        if not self.steps[step].wait(PROBE_WAIT_S):
+            raise RuntimeError(f"{self.where}: {failure} within {PROBE_WAIT_S:.0f} s")
+        return self.results[step]
+
+    def run(self, s: EdgeSettings) -> None:
+        from .mqtt import connect_properties, describe_error
+
+        try:
+            self.client.connect(s.mqtt.host, s.mqtt.port, keepalive=s.mqtt.keepalive_s, clean_start=True,
+                                properties=connect_properties())
+        except OSError as exc:
+            raise RuntimeError(f"cannot reach {self.where}: {describe_error(exc, s.mqtt.tls)}") from exc
+        self.client.loop_start()
+        try:
+            self._steps()
+        finally:
+            self.client.disconnect()
+            self.client.loop_stop()
+
+    def _steps(self) -> None:
+        rc = self._wait("connect", "did not answer")
+        if rc.is_failure:
+            raise RuntimeError(f"{self.where} refused us: {rc} (check mqtt.username/password)")
+        self.client.subscribe(self.topic, qos=1)
+        rc = self._wait("subscribe", f"did not confirm the subscription to {self.topic}")
+        if rc.is_failure:
+            raise RuntimeError(f"{self.where} refused the subscription to {self.topic}: {rc}")
+        self.client.publish(self.topic, self.nonce, qos=1)
+        rc = self._wait("publish", f"did not acknowledge the probe on {self.topic}")
+        if rc.is_failure:
+            raise RuntimeError(f"{self.where} refused the probe on {self.topic}: {rc} (does its ACL let this "
+                               f"client write {self.topic.rsplit('/', 1)[0]}/#?)")
+        self._wait("message", f"accepted the probe on {self.topic} but did not deliver it back (does its ACL "
+                   "let this client read the device's topics?)")
+
+
+def _check_broker(s: EdgeSettings) -> list[str]:
     if not s.mqtt.host:
         return ["no broker configured (mqtt.host empty): events will be printed on stdout"]
-    client = make_client(s.mqtt, f"coughwatch-check-{s.device.id}")
-    result: dict = {}
-    done = threading.Event()
-
-    def on_connect(c, userdata, flags, rc, props):
-        result["rc"] = rc
-        done.set()
-
-    client.on_connect = on_connect
-    try:
-        client.connect(s.mqtt.host, s.mqtt.port, keepalive=s.mqtt.keepalive_s)
-    except OSError as exc:
-        raise RuntimeError(f"cannot reach broker {s.mqtt.host}:{s.mqtt.port}: {exc}") from exc
-    client.loop_start()
-    done.wait(10)
-    client.disconnect()
-    client.loop_stop()
-    rc = result.get("rc")
-    if rc is None:
-        raise RuntimeError(f"broker {s.mqtt.host}:{s.mqtt.port} did not answer within 10 s")
-    if rc.is_failure:
-        raise RuntimeError(f"broker {s.mqtt.host}:{s.mqtt.port} refused us: {rc} (check mqtt.username/password)")
-    return [f"broker {s.mqtt.host}:{s.mqtt.port}: connected{' with TLS' if s.mqtt.tls else ''}"]
+    probe = _Probe(s)
+    probe.run(s)
+    return [f"{probe.where}: connected{' with TLS' if s.mqtt.tls else ''}, a probe on {probe.topic} "
+            "was accepted and delivered back"]
 
 
 def run_checks(s: EdgeSettings, *, check_mic: bool = True) -> int:

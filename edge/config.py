@@ -6,6 +6,9 @@ Precedence: defaults < TOML file < environment (``<PREFIX>_<SECTION>_<FIELD>``) 
 from __future__ import annotations
 
 import argparse
+import difflib
+import logging
+import math
 import os
 import sys
 import typing
@@ -38,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser, root: type, shortcuts: dict[s
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
+            if f.metadata.get("secret"):
+                continue  # a secret on the command line shows in `ps`: environment or file only
             dest = f"{section}_{f.name}"
             flags = [f"--{section}-{f.name.replace('_', '-')}"] + [k for k, v in shortcuts.items() if v == dest]
             doc = _field_doc(cls, f.name)
@@ -51,18 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser, root: type, shortcuts: dict[s
 def build(root: type, *, file: str | Path | None = None, args: argparse.Namespace | None = None,
           env_prefix: str = "", environ: dict[str, str] | None = None, file_required: bool = True):
     """Construct ``root`` from the layered sources; raises :class:`ConfigError` naming the bad key."""
-    raw: dict = {}
-    if file is not None:
-        path = Path(file)
-        if path.is_file():
-            try:
-                raw = tomllib.loads(path.read_text())
-            except tomllib.TOMLDecodeError as exc:
-                raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        elif file_required:
-            raise ConfigError(f"config file {path} does not exist")
+    raw = _read_file(Path(file), file_required) if file is not None else {}
     environ = os.environ if environ is None else environ
     sections = typing.get_type_hints(root)
+    if env_prefix:
+        _warn_unknown_environment(env_prefix, sections, environ)
     unknown = set(raw) - set(sections)
     if unknown:
         raise ConfigError(f"{file}: unknown section(s) {sorted(unknown)}; known: {sorted(sections)}")
@@ -76,6 +74,7 @@ def build(root: type, *, file: str | Path | None = None, args: argparse.Namespac
         if bad:
             raise ConfigError(f"{file}: [{section}] has unknown key(s) {sorted(bad)}; known: {sorted(hints)}")
         kwargs = {}
+        secret = {f.name for f in fields(cls) if f.metadata.get("secret")}
         for name, ftype in hints.items():
             key = f"{section}.{name}"
             source, value = None, None
@@ -89,7 +88,7 @@ def build(root: type, *, file: str | Path | None = None, args: argparse.Namespac
                 source, value = f"--{section}-{name.replace('_', '-')}", flag
             if source is None:
                 continue
-            kwargs[name] = _coerce(key, value, ftype, source)
+            kwargs[name] = _coerce(key, value, ftype, source, secret=name in secret)
         try:
             parts[section] = cls(**kwargs)
         except ValueError as exc:
@@ -100,24 +99,76 @@ def build(root: type, *, file: str | Path | None = None, args: argparse.Namespac
         raise ConfigError(str(exc)) from exc
 
 
-def _coerce(key: str, value, ftype, source: str):
+def _read_file(path: Path, required: bool) -> dict:
+    """The TOML file as a dict; a clear ConfigError when it is missing, unreadable, not UTF-8 or not TOML."""
+    if not path.exists():
+        if required:
+            raise ConfigError(f"config file {path} does not exist")
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
     try:
-        if ftype is bool:
-            return value if isinstance(value, bool) else _parse_bool(str(value))
-        if ftype in (int, float):
-            if isinstance(value, bool):
-                raise ValueError("a boolean is not a number")
-            return ftype(value)
-        if ftype is str:
-            if not isinstance(value, (str, int, float)):
-                raise ValueError("expected a string")
-            return str(value)
-        if typing.get_origin(ftype) is tuple:
-            items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
-            return tuple(str(v) for v in items)
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "save it as UTF-8") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _warn_unknown_environment(prefix: str, sections: dict, environ) -> None:
+    """A misspelt ``<PREFIX>_<SECTION>_<KEY>`` variable would be ignored silently: name it, with the known ones."""
+    known = {f"{prefix}_{section}_{f.name}".upper() for section, cls in sections.items() for f in fields(cls)}
+    for name in sorted(environ):
+        if name.upper().startswith(f"{prefix.upper()}_") and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            logging.getLogger(__name__).warning("environment variable %s is not a setting and is ignored%s",
+                                                name, hint)
+
+
+def _coerce(key: str, value, ftype, source: str, *, secret: bool = False):
+    try:
+        return _convert(value, ftype)
     except ValueError as exc:
-        raise ConfigError(f"{key} = {value!r} (from {source}): {exc}") from exc
+        shown = "<hidden>" if secret else repr(value)
+        raise ConfigError(f"{key} = {shown} (from {source}): {'invalid value' if secret else exc}") from exc
+
+
+def _convert(value, ftype):
+    if ftype is bool:
+        return value if isinstance(value, bool) else _parse_bool(str(value))
+    if ftype in (int, float):
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a number")
+        number = float(value) if ftype is float else _whole_number(value)
+        if not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        return number
+    if ftype is str:
+        if not isinstance(value, (str, int, float)):
+            raise ValueError("expected a string")
+        return str(value)
+    if typing.get_origin(ftype) is tuple:
+        items = value if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+        return tuple(str(v) for v in items)
     return value
+
+
+def _whole_number(value) -> int:
+    """An integer key takes whole numbers only: 2.5 is refused rather than truncated to 2."""
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            raise ValueError("must be a whole number")
+        return int(value)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
 
 
 def _field_doc(cls: type, name: str) -> str | None:

@@ -50,7 +50,20 @@ class Daemon:
             "noise_floor_dbfs": round(float(self.pipeline.onset.noise_floor_dbfs), 1),
             "outbox_depth": self.sink.depth(), "outbox_dropped": self.sink.dropped(),
             "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
+            **self.sink.health(),
         }
+
+    @staticmethod
+    def _status_line(stats: dict) -> str:
+        """The one-line systemd status: counts, audio health, and any delivery fault."""
+        parts = [f"{stats['events']} events", f"audio {stats['audio']}", f"outbox {stats['outbox_depth']}"]
+        if "mqtt" in stats:
+            parts.append(f"mqtt {stats['mqtt']}" + (f" ({stats['mqtt_error']})" if stats.get("mqtt_error") else ""))
+        if stats.get("publish_rejected"):
+            parts.append(f"{stats['publish_rejected']} refused by the broker ({stats['last_rejection']})")
+        if stats.get("outbox_unstored"):
+            parts.append(f"{stats['outbox_unstored']} not stored ({stats['outbox_error']})")
+        return ", ".join(parts)
 
     def run(self) -> int:
         self.notifier.ready("listening")
@@ -78,7 +91,7 @@ class Daemon:
                     log.warning("audio is %s (level %.1f dBFS, overruns %d)", stats["audio"], stats["level_dbfs"],
                                 stats["overruns"])
                 self.sink.publish_stats(stats)
-                self.notifier.status(f"{stats['events']} events, audio {stats['audio']}, outbox {stats['outbox_depth']}")
+                self.notifier.status(self._status_line(stats))
                 next_stats = now + self.stats_interval_s
         self.notifier.stopping()
         self.source.close()

@@ -1,9 +1,28 @@
-"""Durable outbox: events are written here before publishing and deleted only on the broker's PUBACK."""
+"""Durable outbox: events are written here before publishing and deleted only on the broker's PUBACK.
+
+The file is created 0600 and locked (``fcntl.flock`` on ``<outbox>.lock``) for the life of the process, so a
+second daemon pointed at the same outbox is refused instead of delivering every event twice. Problems found at
+start (a folder that cannot be created, a file that is not ours, a read-only file) raise :class:`OutboxError`
+naming the path and the cause; write failures later raise :class:`sqlite3.Error` for the caller to handle.
+"""
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import sqlite3
 import threading
 from pathlib import Path
+
+TABLES = {
+    "outbox": ["seq", "event_id", "topic", "payload"],
+    "counters": ["name", "value"],
+}
+"""The tables (and their columns) of an outbox; a file holding anything else belongs to another program."""
+
+
+class OutboxError(RuntimeError):
+    """The outbox cannot be used; the message names the file and the cause."""
 
 
 class Outbox:
@@ -13,31 +32,83 @@ class Outbox:
         if max_events < 1:
             raise ValueError(f"outbox max_events must be >= 1, got {max_events}")
         self.path = str(path)
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self.max_events = max_events
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                         "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._lock_file = None  # a file object: garbage collection closes it, which drops the lock
+        if self.path != ":memory:":
+            self._prepare_file(Path(self.path))
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._check_foreign()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+                             "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._db.execute("BEGIN IMMEDIATE")  # proves the file is writable now, not at the first cough
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            self._release()
+            raise OutboxError(f"outbox {self.path} cannot be used: {exc}") from exc
+
+    def _prepare_file(self, path: Path) -> None:
+        """Create the folder and an owner-only file, and take the lock that keeps a second daemon out."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"outbox {path}: cannot create its folder {path.parent}: {exc.strerror}") from exc
+        if path.exists() and not path.is_file():
+            raise OutboxError(f"outbox {path} exists and is not a file")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            self._lock_file = open(os.open(f"{path}.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b", buffering=0)
+        except OSError as exc:
+            raise OutboxError(f"outbox {path} cannot be created or opened for writing: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = self._lock_file.read(32).decode(errors="replace").strip() or "unknown"
+            self._release()
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise OutboxError(f"outbox {path} is in use by another edge process (pid {holder}); "
+                                  "two daemons on one outbox would deliver every event twice") from exc
+            raise OutboxError(f"outbox {path}: cannot lock {path}.lock: {exc.strerror}") from exc
+        self._lock_file.truncate(0)
+        self._lock_file.write(f"{os.getpid()}\n".encode())
+
+    def _check_foreign(self) -> None:
+        rows = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                "AND name NOT LIKE 'sqlite_%'").fetchall()
+        for (table,) in rows:
+            columns = [r[1] for r in self._db.execute(f"PRAGMA table_info('{table}')")]
+            if TABLES.get(table) != columns:
+                raise OutboxError(f"outbox {self.path} is an SQLite file of another program (table {table!r} "
+                                  f"with columns {columns}); point device.outbox at a new file")
+
+    def _release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing the descriptor drops the flock
+            self._lock_file = None
 
     def add(self, event_id: str, topic: str, payload: str) -> int:
         """Store durably; returns how many old events were dropped to stay within ``max_events``."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
-                             (event_id, topic, payload))
-            (depth,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
-            dropped = max(0, depth - self.max_events)
-            if dropped:
-                self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
-                                 (dropped,))
-                self._db.execute("INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) "
-                                 "DO UPDATE SET value = value + excluded.value", (dropped,))
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
+                                 (event_id, topic, payload))
+                (depth,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+                dropped = max(0, depth - self.max_events)
+                if dropped:
+                    self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq "
+                                     "LIMIT ?)", (dropped,))
+                    self._db.execute("INSERT INTO counters VALUES ('dropped', ?) ON CONFLICT(name) "
+                                     "DO UPDATE SET value = value + excluded.value", (dropped,))
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
             return dropped
 
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str, str, str]]:
@@ -62,3 +133,4 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._release()

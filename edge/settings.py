@@ -4,7 +4,9 @@ Precedence: defaults < /etc/coughwatch/edge.toml (or --config) < COUGHWATCH_<SEC
 """
 from __future__ import annotations
 
+import math
 import socket
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from .audio import MicSettings
 from .mqtt import MqttSettings
 from .onset import OnsetSettings
 
+MAX_DEVICE_ID = 64
+"""Longest device id, in characters (it is part of topics and of the MQTT client id)."""
+DEVICE_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 DEFAULT_CONFIG = Path("/etc/coughwatch/edge.toml")
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -37,28 +42,35 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if not 1 <= self.threads <= 64:
             raise ValueError(f"threads = {self.threads} must be in 1..64")
-        if self.detector_threshold != -1.0 and not 0 <= self.detector_threshold <= 1:
+        if not math.isfinite(self.detector_threshold) or (
+                self.detector_threshold != -1.0 and not 0 <= self.detector_threshold <= 1):
             raise ValueError(f"detector_threshold = {self.detector_threshold} must be in [0, 1] or -1")
 
 
 @dataclass(frozen=True)
 class DeviceSettings:
     id: str = field(default_factory=socket.gethostname)
-    """Device id: in topics, in events, and in the MQTT client id (letters, digits, - and _)."""
+    """Device id: in topics, in events, and in the MQTT client id (1..64 ASCII letters, digits, - and _)."""
     outbox: str = "/var/lib/coughwatch/outbox.sqlite"
     """SQLite outbox file (events wait here until the broker acknowledges them)."""
     outbox_max_events: int = 10000
     """Outbox bound; the oldest events are dropped (and counted) beyond it."""
     silence_s: float = 30.0
-    """Report the microphone as silent after this many seconds of digital silence."""
+    """Report the microphone as silent after this many seconds of digital silence (1..86400)."""
     shutdown_flush_s: float = 5.0
-    """On SIGTERM, seconds to keep flushing the outbox to the broker before exiting."""
+    """On SIGTERM, seconds to keep flushing the outbox to the broker before exiting (0..3600)."""
 
     def __post_init__(self) -> None:
-        if not self.id or not all(ch.isalnum() or ch in "-_" for ch in self.id):
-            raise ValueError(f"id = {self.id!r} must be non-empty letters, digits, '-' or '_'")
-        if self.outbox_max_events < 1:
-            raise ValueError(f"outbox_max_events = {self.outbox_max_events} must be >= 1")
+        if not 1 <= len(self.id) <= MAX_DEVICE_ID or not all(ch in DEVICE_ID_CHARS for ch in self.id):
+            raise ValueError(f"id = {self.id[:80]!r} must be 1..{MAX_DEVICE_ID} ASCII letters, digits, '-' or '_'")
+        if not self.outbox:
+            raise ValueError("outbox must name a file")
+        if not 1 <= self.outbox_max_events <= 10_000_000:
+            raise ValueError(f"outbox_max_events = {self.outbox_max_events} must be in 1..10000000")
+        if not 1 <= self.silence_s <= 86400:  # also refuses NaN
+            raise ValueError(f"silence_s = {self.silence_s} must be in 1..86400 seconds")
+        if not 0 <= self.shutdown_flush_s <= 3600:
+            raise ValueError(f"shutdown_flush_s = {self.shutdown_flush_s} must be in 0..3600 seconds")
 
 
 @dataclass(frozen=True)
