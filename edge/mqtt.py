@@ -267,6 +267,7 @@ class MqttSink:
         self._sent_up_to = 0
         self._unstored: dict[str, tuple[str, str]] = {}  # event_id -> (topic, payload): the outbox could not take it
         self._unstored_sent: set[str] = set()
+        self._undeleted: set[str] = set()  # acknowledged, but the outbox could not delete them yet
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.connected = threading.Event()
@@ -352,11 +353,21 @@ class MqttSink:
             return
         with self._lock:
             self._unstored.pop(event_id, None)
+        self._delete(event_id)
+        self._wake.set()
+
+    def _delete(self, event_id: str) -> bool:
+        """Delete an acknowledged event; if the disk refuses, it is retried (a duplicate at worst, never a loss)."""
         try:
             self.outbox.remove(event_id)
-        except sqlite3.Error as exc:  # it stays stored and is sent again later: a duplicate, not a loss
+        except sqlite3.Error as exc:
+            with self._lock:
+                self._undeleted.add(event_id)
             self._store_failed(f"cannot delete an acknowledged event: {exc}", 0)
-        self._wake.set()
+            return False
+        with self._lock:
+            self._undeleted.discard(event_id)
+        return True
 
     def _rejected(self, event_id: str, reason_code) -> None:
         topic = self.topics["event"]
@@ -431,6 +442,10 @@ class MqttSink:
         """Move events the outbox could not take earlier into it, now that it may have room again."""
         with self._lock:
             waiting = list(self._unstored.items())
+            undeleted = list(self._undeleted)
+        for event_id in undeleted:
+            if not self._delete(event_id):
+                break
         stored = 0
         for event_id, (topic, payload) in waiting:
             try:
