@@ -13,6 +13,7 @@ import numpy as np
 from .events import CoughEvent, ModelRef
 from .inference import Classifier
 from .onset import OnsetDetector, Sound
+from .windows import cut_window
 
 
 def clock_synced() -> bool:
@@ -119,12 +120,8 @@ class Pipeline:
         return events
 
     def _window(self, sound: Sound, model: Classifier) -> np.ndarray:
-        start = sound.onset - model.info.pre_roll_samples - self._buf_start
-        out = np.zeros(model.info.window_samples, dtype=np.float32)
-        lo, hi = max(start, 0), min(start + out.size, self._buf.size)
-        if hi > lo:
-            out[lo - start: hi - start] = self._buf[lo:hi]
-        return out
+        return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
+                          model.info.pre_roll_samples)
 
     def _classify(self, sound: Sound, t_complete: float) -> CoughEvent | None:
         det = self.detector(self._window(sound, self.detector)[None])[0]

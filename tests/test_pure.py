@@ -206,21 +206,6 @@ def test_load_audio_dedups_skips_bad_files_and_splits_by_group(tmp_path, caplog)
         assert {c.label for c in part} == {"pos", "neg"}
 
 
-def test_windows_past_the_recording_edges_loop_or_zero_fill():
-    from trainer.data import window_at
-
-    audio = np.arange(1, 11, dtype=np.float32)  # a 10-sample "recording"
-    zero = window_at(audio, anchor=2, window=8, pre_roll=4)
-    assert zero.tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
-    wrap = window_at(audio, anchor=2, window=16, pre_roll=4, pad="wrap")
-    # starts 2 samples before the recording (its last two), then loops: no digital silence anywhere
-    assert wrap.tolist() == [9, 10, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 1, 2, 3, 4]
-    inside = window_at(audio, anchor=5, window=4, pre_roll=1, pad="wrap")
-    assert inside.tolist() == window_at(audio, anchor=5, window=4, pre_roll=1).tolist() == [5, 6, 7, 8]
-    with pytest.raises(ValueError, match="pad must be one of"):
-        window_at(audio, 0, 4, 0, pad="mirror")
-
-
 def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
     from trainer.baselines import run_baselines
     from trainer.data import Clip
@@ -239,15 +224,20 @@ def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
             clip.audio = (0.1 * rng.standard_normal(round(seconds * sr))).astype(np.float32)
             clips.append(clip)
         parts[name] = clips
-    windows = {k: np.stack([c.audio[:sr // 2] for c in v]) for k, v in parts.items()}
-    out = run_baselines(parts, windows, "positive", sample_rate=sr, group_by="source", bootstrap=0)
+    from trainer.train import WindowSet
+
+    # two windows per recording, as when the onset detector finds two sounds in it
+    sets = {k: WindowSet(np.stack([c.audio[o:o + sr // 4] for c in v for o in (0, sr // 4)]),
+                         np.repeat(np.arange(len(v)), 2), np.repeat([c.label == "negative" for c in v], 2).astype(int))
+            for k, v in parts.items()}
+    out = run_baselines(parts, sets, "positive", sample_rate=sr, group_by="source", bootstrap=0)
     assert set(out) == {"classical (recording)", "classical (window)", "source only", "duration only"}
     assert out["source only"]["pooled"]["roc_auc"] == 1.0
     assert out["duration only"]["pooled"]["roc_auc"] == 1.0
     assert out["duration only"]["fit"]["direction"] == "shorter is positive"
     assert 0.3 < out["classical (window)"]["pooled"]["roc_auc"] < 0.8  # same noise: near chance
     assert set(out["classical (recording)"]["by_group"]) == {"phone", "app"}
-    assert len(out["source only"]["test_scores"]) == 30
+    assert len(out["source only"]["test_scores"]) == 60, "every window is scored, each with its recording's score"
 
 
 def test_paired_auc_difference_separates_a_better_model_from_a_copy():
@@ -343,13 +333,11 @@ def test_teacher_cache_is_reused_only_for_the_same_crops_and_the_same_teacher(tm
 
     from trainer.data import Clip
     from trainer.models import build_teacher
-    from trainer.train import Crop, CropDataset, teacher_cache
+    from trainer.train import CropDataset, WindowSet, teacher_cache
 
     rng = np.random.default_rng(0)
-    clips = [Clip(Path(f"{i}.wav"), "a" if i % 2 else "b", str(i), sha256=f"{i:064d}",
-                  audio=(0.1 * rng.standard_normal(20000)).astype(np.float32)) for i in range(3)]
-    crops = [Crop(i, 8000, f"{clips[i].sha256}:8000") for i in range(3)]
-    ds = CropDataset(clips, crops, ("a", "b"), 16000, 4000, "wrap", None, 0)
+    windows = (0.1 * rng.standard_normal((3, 16000))).astype(np.float32)
+    ds = CropDataset(WindowSet(windows, np.arange(3), np.array([0, 1, 0])), None, 0)
     torch.manual_seed(0)
     teacher = build_teacher("preset:tiny", ("a", "b"), "a", window_samples=16000, pre_roll_samples=4000)
     path, acc = tmp_path / "teacher_cache.pt", Accelerator(cpu=True)
@@ -362,9 +350,10 @@ def test_teacher_cache_is_reused_only_for_the_same_crops_and_the_same_teacher(tm
         next(teacher.parameters()).add_(0.5)  # "retrained" teacher, same folder
     changed = teacher_cache(teacher, ds, path, acc)
     assert changed.abs().max() < 100 and not torch.equal(changed, first)
-    other_pad = CropDataset(clips, crops, ("a", "b"), 16000, 4000, "zero", None, 0)
-    assert torch.load(path, weights_only=True)["keys"] != [f"{c.key}:16000:4000:zero" for c in crops]
-    assert teacher_cache(teacher, other_pad, path, acc).shape == first.shape
+    other = CropDataset(WindowSet(windows[::-1].copy(), np.arange(3), np.array([0, 1, 0])), None, 0)
+    assert torch.load(path, weights_only=True)["keys"] != other.ws.keys  # other windows (e.g. other scenes)
+    recomputed = teacher_cache(teacher, other, path, acc)
+    assert torch.allclose(recomputed, changed.flip(0), atol=1e-5)
 
 
 def test_student_front_end_band_limit_is_validated_and_reaches_the_model():

@@ -20,7 +20,7 @@ def run(tmp_path_factory):
                "--student-epochs", "2", "--student-widths", "8,16", "--student-pooling", "meanstd",
                "--student-band-stats", "--data-group-by", "source",
                "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "50",
-               "--out", str(out)])
+               "--data-background", str(DATA / "room-sample"), "--out", str(out)])
     assert rc == 0
     return out
 
@@ -37,6 +37,11 @@ def test_distill_writes_a_complete_run(run):
         assert 0.0 <= pooled["roc_auc"] <= 1.0 and len(pooled["roc_auc_ci95"]) == 2
         assert set(report["results"][model]["by_group"]) == {"call-center", "telegram"}
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
+    from edge.inference import Classifier
+
+    for name in ("student.onnx", "student.int8.onnx"):  # each file is scored at the threshold it carries
+        assert report["results"][name]["pooled"]["threshold"] == Classifier(run / name).info.threshold
+    assert report["windows"]["test"]["windows"] == report["results"]["student"]["pooled"]["n"]
     assert {"loss", "kl", "ce", "val_auc"} <= set(report["history"]["student"][0])
     assert {"classical (recording)", "classical (window)", "source only", "duration only"} == set(report["baselines"])
     assert set(report["comparisons"]) == {"teacher", *report["baselines"]}
@@ -76,9 +81,12 @@ def test_evaluate_and_reexport(run, tmp_path, capsys):
     from trainer.__main__ import main
 
     assert main(["evaluate", str(run / "student.int8.onnx"), "--data", str(DATA / "covid-sample"),
-                 "--group-by", "source", "--bootstrap", "20", "--out", str(tmp_path / "m.json")]) == 0
+                 "--background", str(DATA / "room-sample"), "--group-by", "source", "--bootstrap", "20",
+                 "--out", str(tmp_path / "m.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["pooled"]["n"] == 31 and "telegram" in metrics["by_group"]
+    assert metrics["scenes"] == "context" and metrics["threshold_source"] == "model"
+    assert metrics["pooled"]["n"] == metrics["windows"] >= 31 - metrics["recordings_without_onset"]
+    assert "telegram" in metrics["by_group"]
     assert main(["export", str(run / "student"), "--out", str(tmp_path / "again.onnx")]) == 0
     from edge.inference import Classifier
 
@@ -94,8 +102,33 @@ def test_w2v_small_student_distills_and_exports(tmp_path):
     assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", "preset:tiny", "--teacher-epochs", "1",
                  "--student", "w2v-small", "--student-layers", "1", "--student-epochs", "1",
                  "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "20",
-                 "--out", str(out)]) == 0
+                 "--data-background", str(DATA / "room-sample"), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
     assert report["settings"]["student"]["kind"] == "w2v-small"
     assert Classifier(out / "student.int8.onnx").info.labels == ("positive", "negative")
+
+
+@pytest.mark.slow
+def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_path, capsys):
+    from trainer.__main__ import main
+
+    model = str(run / "student.int8.onnx")
+    args = ["stream", "--model-detector", model, "--model-classifier", model,
+            "--stream-coughs", str(DATA / "covid-sample"), "--stream-sounds", str(DATA / "room-sample"),
+            "--stream-val-fraction", "0.25", "--stream-test-fraction", "0.25", "--stream-levels-db", "10,35",
+            "--stream-gap-min-s", "1", "--stream-gap-max-s", "2"]
+    assert main([*args, "--out", str(tmp_path / "a.json"), "--audio", str(tmp_path / "s.flac")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    for result in (a, b):
+        result.pop("real_time_factor"), result.pop("command")
+    assert a == b, "deterministic by seed"
+    assert a["coughs"]["n"] >= 1 and set(a["coughs_by_level"]) == {"10", "35"}
+    assert a["models"]["detector"]["threshold"] == a["models"]["classifier"]["threshold"]
+    assert "classifier_on_events" in a and "by_group" in a["classifier_clip_level"]
+    truth = (tmp_path / "s.truth.csv").read_text().splitlines()
+    assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
+    assert "cough sensitivity" in (tmp_path / "a.md").read_text()
+    assert main(["stream", "--stream-coughs", "x", "--stream-sounds", "y", "--stream-split", "train"]) == 2
+    assert "stream.split = 'train' must be test or val" in capsys.readouterr().err

@@ -4,10 +4,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
+from edge import config
+
 from .settings import add_arguments, from_args
+from .stream import StreamCommand
+
+
+def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
+    from .stream import markdown, run_stream, write_result
+
+    cmd = config.build(StreamCommand, file=args.config, args=args)
+    m = cmd.model
+    result = run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
+                        detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold)
+    result["command"] = "trainer " + shlex.join(argv)
+    print("\n".join(markdown(result)))
+    if args.out:
+        write_result(args.out, result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-by", default="", help="also report per value of this manifest column")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the ONNX file's, else 0.5)")
     p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--pad", choices=("wrap", "zero"), default=None,
-                   help="fill for windows past a recording's edges (default: as the model was trained)")
+    p.add_argument("--pad", choices=("context", "wrap", "zero"), default=None,
+                   help="what each recording is heard in (default: as the model was trained)")
+    p.add_argument("--background", default="", help="manifest(s) of room audio for context scenes "
+                                                    "(default: the manifest's recordings that are not positive)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
 
     p = sub.add_parser("export", help="re-export a checkpoint folder to a contract-conforming ONNX file")
@@ -42,6 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model (median reported)")
     p.add_argument("--skip-base", action="store_true", help="skip the wav2vec2-base-sized references")
 
+    p = sub.add_parser("stream", help="the daemon's pipeline on a held-out stream with sounds at known levels",
+                       description="Build a stream from one split of the manifests (coughs and other sounds at known "
+                                   "times and levels in a room of held-out recordings), run edge's Pipeline on it "
+                                   "in-process with the given models, and score the events it publishes.")
+    p.add_argument("--config", type=Path, help="TOML file with [stream] and [model]")
+    config.add_arguments(p, StreamCommand)
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write (and a .md next to it)")
+    p.add_argument("--audio", type=Path, default=None, help="also write the stream as FLAC, truth as <audio>.truth.csv")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             from .tools import evaluate_file
 
             result = evaluate_file(args.model, args.data, positive_label=args.positive_label, group_by=args.group_by,
-                                   threshold=args.threshold, bootstrap=args.bootstrap, pad=args.pad or "")
+                                   threshold=args.threshold, bootstrap=args.bootstrap, pad=args.pad or "",
+                                   background=args.background, seed=args.seed)
             text = json.dumps(result, indent=2)
             print(text)
             if args.out:
@@ -63,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             from .tools import reexport
 
             reexport(args.checkpoint, args.out, threshold=args.threshold, int8=args.int8, calibration=args.calibration)
+        elif args.command == "stream":
+            run_stream_command(args, argv)
         elif args.command == "benchmark":
             from .benchmark import run_benchmark
 

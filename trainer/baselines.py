@@ -53,33 +53,38 @@ def fit_logistic(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[di
     return {k: clf.predict_proba(x[k])[:, 1] for k in ("val", "test")}, c
 
 
-def run_baselines(parts: dict[str, list[Clip]], windows: dict[str, np.ndarray], positive_label: str, *,
-                  sample_rate: int, group_by: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+def run_baselines(parts: dict[str, list[Clip]], sets: dict, positive_label: str, *, sample_rate: int,
+                  group_by: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Each baseline's test metrics (as :func:`trainer.evaluate.evaluate` returns them) plus its test scores.
 
-    ``windows`` holds the student's evaluation windows for every split (``train``, ``val``, ``test``).
+    ``sets`` holds the models' evaluation windows for every split (``train``, ``val``, ``test``:
+    :class:`trainer.train.WindowSet`); a baseline that scores whole recordings gives each window its
+    recording's score, so every row is scored on the same windows as the models.
     """
     from sklearn.metrics import roc_auc_score
 
-    y = {k: np.array([c.label == positive_label for c in v]) for k, v in parts.items()}
-    groups = [c.column(group_by) for c in parts["test"]] if group_by else None
+    def per_window(k: str, values) -> np.ndarray:
+        return np.asarray(values)[sets[k].clip]
+
+    y = {k: per_window(k, [c.label == positive_label for c in v]) for k, v in parts.items()}
+    groups = list(per_window("test", [c.column(group_by) for c in parts["test"]])) if group_by else None
     scores: dict[str, tuple[dict[str, np.ndarray], dict]] = {}
 
-    whole = {k: np.stack([log_mel_stats(c.audio, sample_rate) for c in v]) for k, v in parts.items()}
+    whole = {k: per_window(k, np.stack([log_mel_stats(c.audio, sample_rate) for c in v])) for k, v in parts.items()}
     s, c = fit_logistic(whole, y)
     scores["classical (recording)"] = (s, {"C": c, "features": "40 log-mel means + std, whole recording, 8 kHz"})
-    win = {k: np.stack([log_mel_stats(w, sample_rate) for w in windows[k]]) for k in parts}
+    win = {k: np.stack([log_mel_stats(w, sample_rate) for w in sets[k].windows]) for k in parts}
     s, c = fit_logistic(win, y)
     scores["classical (window)"] = (s, {"C": c, "features": "40 log-mel means + std, model window, 8 kHz"})
 
     if group_by:
-        train_groups = np.array([c.column(group_by) for c in parts["train"]])
-        rate = {g: float(y["train"][train_groups == g].mean()) for g in set(train_groups)}
+        column = {k: per_window(k, [c.column(group_by) for c in v]) for k, v in parts.items()}
+        rate = {g: float(y["train"][column["train"] == g].mean()) for g in set(column["train"])}
         overall = float(y["train"].mean())
-        s = {k: np.array([rate.get(c.column(group_by), overall) for c in parts[k]]) for k in ("val", "test")}
+        s = {k: np.array([rate.get(g, overall) for g in column[k]]) for k in ("val", "test")}
         scores[f"{group_by} only"] = (s, {"rates": rate})
 
-    length = {k: np.array([c.audio.size / sample_rate for c in v]) for k, v in parts.items()}
+    length = {k: per_window(k, [c.audio.size / sample_rate for c in v]) for k, v in parts.items()}
     longer = roc_auc_score(y["train"], length["train"]) >= 0.5
     # A monotone map into (0, 1), so that thresholds stay probabilities.
     scores["duration only"] = ({k: (length[k] if longer else 1.0) / (1.0 + length[k]) for k in ("val", "test")},

@@ -1,4 +1,4 @@
-"""Manifests, decoding, deduplication, group-disjoint splits and window placement.
+"""Manifests, decoding, deduplication and stable group-disjoint splits (windows: `trainer.context`).
 
 A manifest is a CSV with at least ``path`` and ``label`` (paths relative to the CSV's folder), and
 optionally ``participant``/``group`` and ``source``; every other column is kept in ``Clip.extra``.
@@ -18,7 +18,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"}
 GROUP_COLUMNS = ("group", "participant")
-FRAME = 160  # samples per energy frame (10 ms at 16 kHz)
 
 
 class ManifestError(ValueError):
@@ -157,83 +156,33 @@ def load_audio(clips: list[Clip], sample_rate: int, min_samples: int, *, progres
 
 
 def split(clips: list[Clip], *, val: float, test: float, seed: int) -> dict[str, list[Clip]]:
-    """Stratified by label, and group-disjoint: a group (participant) never lands in two splits.
+    """Group-disjoint and stable: each group (participant; else the recording's content hash) lands in a split
+    decided by a hash of the seed and the group alone.
 
-    Clips without a group are their own group (their content hash).
+    So a recording is in the same split in every run with the same seed and fractions, whatever else the
+    run loads: the cough detector never trains on the recordings another model is tested on, and the
+    stream benchmark can take held-out audio from any manifest.
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
     if not (0 < val < 0.5 and 0 < test < 0.5):
         raise ValueError(f"val and test fractions must be in (0, 0.5), got {val}, {test}")
-    groups = np.array([c.group or c.sha256 for c in clips])
-    labels = np.array([c.label for c in clips])
-
-    def take(idx: np.ndarray, frac: float, salt: int) -> tuple[np.ndarray, np.ndarray]:
-        n_splits = max(2, round(1 / frac))
-        if len(set(groups[idx])) < n_splits:
-            raise ManifestError(f"only {len(set(groups[idx]))} groups; cannot make a {frac:.0%} split")
-        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + salt)
-        rest, held = next(folds.split(idx, labels[idx], groups[idx]))
-        return idx[rest], idx[held]
-
-    rest, test_idx = take(np.arange(len(clips)), test, 0)
-    train_idx, val_idx = take(rest, val / (1 - test), 1)
-    out = {name: [clips[i] for i in sorted(idx)] for name, idx in
-           (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+    out: dict[str, list[Clip]] = {"train": [], "val": [], "test": []}
+    for clip in clips:
+        out[split_of(clip.group or clip.sha256, val=val, test=test, seed=seed)].append(clip)
+    labels = {c.label for c in clips}
     for name, part in out.items():
-        missing = set(labels) - {c.label for c in part}
+        missing = labels - {c.label for c in part}
         if missing:
-            raise ManifestError(f"{name} split has no {sorted(missing)} clips; use more data or other fractions")
+            raise ManifestError(f"{name} split has no {sorted(missing)} clips ({len(part)} clips in it); use more "
+                                "data, other fractions or another seed")
     return out
+
+
+def split_of(group: str, *, val: float, test: float, seed: int) -> str:
+    """``train``, ``val`` or ``test`` for a group, from a uniform hash of ``seed`` and ``group``."""
+    digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    return "test" if u < test else "val" if u < test + val else "train"
 
 
 def describe(parts: dict[str, list[Clip]]) -> dict[str, dict[str, int]]:
     return {name: dict(Counter(c.label for c in part)) for name, part in parts.items()}
-
-
-def frame_energy_db(audio: np.ndarray) -> np.ndarray:
-    n = max(1, audio.size // FRAME)
-    frames = audio[: n * FRAME].reshape(n, FRAME) if audio.size >= FRAME else audio[None, :]
-    return 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
-
-
-def anchor_candidates(audio: np.ndarray, within_db: float = 12.0) -> np.ndarray:
-    """Sample positions of the 10 ms frames within ``within_db`` of the clip's loudest frame."""
-    energy = frame_energy_db(audio)
-    return np.flatnonzero(energy >= energy.max() - within_db) * FRAME
-
-
-def peak_anchor(audio: np.ndarray) -> int:
-    """Where the evaluation window is placed: the onset of the loudest event.
-
-    The first frame within 12 dB of the peak, searching back at most 200 ms, mirrors how the edge's
-    onset detector anchors a window at the rise of a sound rather than at its peak.
-    """
-    energy = frame_energy_db(audio)
-    peak = int(energy.argmax())
-    start = peak
-    while start > 0 and peak - start < 20 and energy[start - 1] >= energy[peak] - 12.0:
-        start -= 1
-    return start * FRAME
-
-
-PAD_MODES = ("wrap", "zero")
-
-
-def window_at(audio: np.ndarray, anchor: int, window: int, pre_roll: int, pad: str = "zero") -> np.ndarray:
-    """``window`` samples starting ``pre_roll`` before ``anchor``.
-
-    Where the window runs past the clip's edges, ``pad="zero"`` fills with digital silence and
-    ``pad="wrap"`` continues the recording as a loop. Zeros tell a model how long the recording was
-    (a label cue in some corpora that a microphone stream never shows); a loop does not.
-    """
-    if pad not in PAD_MODES:
-        raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
-    start = anchor - pre_roll
-    if pad == "wrap":
-        return audio[np.arange(start, start + window) % audio.size].astype(np.float32)
-    out = np.zeros(window, dtype=np.float32)
-    lo, hi = max(start, 0), min(start + window, audio.size)
-    if hi > lo:
-        out[lo - start: hi - start] = audio[lo:hi]
-    return out

@@ -97,6 +97,17 @@ def set_metadata(proto, metadata: dict[str, str]) -> None:
         entry.key, entry.value = key, value
 
 
+def set_threshold(path: str | Path, threshold: float) -> None:
+    """Write ``threshold`` into a contract file's metadata (the file is then scored at the threshold it carries)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    set_metadata(proto, {**metadata, "threshold": f"{float(threshold):.6f}"})
+    onnx.save(proto, str(path))
+    validate(path)
+
+
 def validate(path: str | Path):
     """Run the edge's own contract check on a file (the same code the daemon runs at load)."""
     import onnxruntime as ort

@@ -30,8 +30,9 @@ class ModelSpec:
     """Window length in samples."""
     pre_roll_samples: int = 4000
     """Samples before the anchor (onset / energy peak) at the start of a window."""
-    pad: str = "zero"
-    """How training and evaluation filled windows past a recording's edges (``wrap`` or ``zero``)."""
+    pad: str = "context"
+    """What training and evaluation heard around a recording (``trainer.context``): ``context`` (a room of other
+    recordings), ``zero`` (digital silence) or ``wrap`` (the recording looped)."""
     source: str = ""
     """Where the weights came from (hub id, path or ``preset:<name>``)."""
     normalize: bool = True
@@ -142,7 +143,7 @@ TEACHER_PRESETS = {
 
 
 def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                  pre_roll_samples: int, pad: str = "zero") -> HfAudioClassifier:
+                  pre_roll_samples: int, pad: str = "context", sample_rate: int = 16000) -> HfAudioClassifier:
     """A teacher from ``preset:<tiny|small|base>``, a hub id or a local ``save_pretrained`` folder."""
     from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2Config
 
@@ -158,11 +159,26 @@ def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, 
         normalize = True
     else:
         config = AutoConfig.from_pretrained(source, **common)
+        _check_teacher_rate(source, sample_rate)
         model = AutoModelForAudioClassification.from_pretrained(source, config=config, ignore_mismatched_sizes=True)
         normalize = _wants_normalisation(source)
-    spec = ModelSpec(kind="hf", labels=labels, positive_label=positive_label, window_samples=window_samples,
-                     pre_roll_samples=pre_roll_samples, pad=pad, source=source, normalize=normalize)
+    spec = ModelSpec(kind="hf", labels=labels, positive_label=positive_label, sample_rate=sample_rate,
+                     window_samples=window_samples, pre_roll_samples=pre_roll_samples, pad=pad, source=source,
+                     normalize=normalize)
     return HfAudioClassifier(spec, model)
+
+
+def _check_teacher_rate(source: str, sample_rate: int) -> None:
+    """A pretrained teacher hears audio at the rate it was pretrained on; refuse another one clearly."""
+    from transformers import AutoFeatureExtractor
+
+    try:
+        expected = getattr(AutoFeatureExtractor.from_pretrained(source), "sampling_rate", None)
+    except OSError:  # no preprocessor_config.json: wav2vec2's 16 kHz
+        expected = 16000
+    if expected and int(expected) != sample_rate:
+        raise ValueError(f"teacher {source} was pretrained on {expected} Hz audio but data.sample_rate is "
+                         f"{sample_rate} Hz; use --data-sample-rate {expected} or a preset teacher")
 
 
 def _wants_normalisation(source: str) -> bool:
@@ -175,11 +191,18 @@ def _wants_normalisation(source: str) -> bool:
 
 
 def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                      pre_roll_samples: int, pad: str = "zero", widths: tuple[int, ...] = ModelSpec.widths,
+                      pre_roll_samples: int, pad: str = "context", widths: tuple[int, ...] = ModelSpec.widths,
                       pooling: str = "mean", f_max_hz: float = FrontendConfig.f_max,
-                      band_stats: bool = False) -> CnnStudent:
-    frontend = FrontendConfig(f_max=float(f_max_hz)).to_dict()
-    spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, window_samples=window_samples,
+                      band_stats: bool = False, sample_rate: int = 16000) -> CnnStudent:
+    if not 1000 <= f_max_hz <= sample_rate / 2:
+        raise ValueError(f"student.f_max_hz = {f_max_hz} must be in [1000, {sample_rate / 2:g}] Hz "
+                         f"(half the sample rate, {sample_rate} Hz)")
+    n_fft = FrontendConfig.n_fft * sample_rate // 16000
+    n_fft = 1 << max(6, (n_fft - 1).bit_length())  # a power of two near 32 ms (fast FFT in onnxruntime)
+    frontend = FrontendConfig(sample_rate=sample_rate, n_fft=n_fft, hop=round(FrontendConfig.hop * sample_rate / 16000),
+                              f_max=float(f_max_hz)).to_dict()
+    spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, sample_rate=sample_rate,
+                     window_samples=window_samples,
                      pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=frontend,
                      widths=tuple(widths), pooling=pooling, band_stats=band_stats)
     return CnnStudent(spec)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge import config
+from edge.onset import OnsetSettings
 
 from .augment import AugmentSettings
 
@@ -28,16 +29,28 @@ class DataSettings:
     """Model input window in seconds."""
     pre_roll_s: float = 0.25
     """Audio kept before the anchor (onset) at the start of a window, in seconds."""
-    pad: str = "wrap"
-    """Fill for windows that run past a recording's edges: ``wrap`` (loop the recording) or ``zero``."""
+    pad: str = "context"
+    """What a recording is heard in (``trainer.context``): ``context`` (a room of other recordings of the same
+    split, the default), ``zero`` (digital silence) or ``wrap`` (the recording looped): the last two for comparison."""
+    background: str = ""
+    """Manifest(s) of room audio for ``context``, comma-separated, split by the same stable rule (empty = this
+    run's own recordings whose label is not the positive one)."""
+    background_labels: str = ""
+    """Labels of ``background`` rows used as room audio, comma-separated (empty = all of them)."""
+    level_min_db: float = 10.0
+    """Lowest level of a recording's loudest 10 ms frame over the room's RMS, in dB (drawn uniformly)."""
+    level_max_db: float = 35.0
+    """Highest such level, in dB."""
+    context_before_s: float = 3.0
+    """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15
     """Share of groups held out for validation (model and threshold selection)."""
     test_fraction: float = 0.15
     """Share of groups held out for the final test."""
     crops_per_clip: int = 4
-    """Fixed training crops per clip (the teacher's outputs are cached per crop)."""
+    """Training scenes per recording, one onset window from each (the teacher's outputs are cached per window)."""
     sample_rate: int = 16000
-    """Model sample rate in Hz."""
+    """Sample rate in Hz of the data, the model's front end, its exported metadata and so of the daemon."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +125,8 @@ class Settings:
     student: StudentSettings = field(default_factory=StudentSettings)
     kd: KdSettings = field(default_factory=KdSettings)
     run: RunSettings = field(default_factory=RunSettings)
+    onset: OnsetSettings = field(default_factory=OnsetSettings)
+    """The daemon's onset detector (the same ``--onset-*`` settings as `edge run`): it places every window."""
 
     def validate(self) -> "Settings":
         d, t, s, k = self.data, self.teacher, self.student, self.kd
@@ -119,7 +134,13 @@ class Settings:
             (bool(d.manifest), "data.manifest", d.manifest, "is required (--data)"),
             (0 < d.window_s <= 10, "data.window_s", d.window_s, "must be in (0, 10] seconds"),
             (0 <= d.pre_roll_s < d.window_s, "data.pre_roll_s", d.pre_roll_s, "must be in [0, window_s)"),
-            (d.pad in ("wrap", "zero"), "data.pad", d.pad, "must be wrap or zero"),
+            (d.pad in ("context", "wrap", "zero"), "data.pad", d.pad, "must be context, wrap or zero"),
+            (8000 <= d.sample_rate <= 48000, "data.sample_rate", d.sample_rate, "must be in [8000, 48000] Hz"),
+            (0 <= d.level_min_db <= d.level_max_db <= 80, "data.level_min_db", (d.level_min_db, d.level_max_db),
+             "and data.level_max_db must satisfy 0 <= min <= max <= 80 dB"),
+            (0.5 <= d.context_before_s <= 30, "data.context_before_s", d.context_before_s, "must be in [0.5, 30] s"),
+            (round(d.window_s * d.sample_rate) >= 2 * 512 * d.sample_rate // 16000, "data.window_s", d.window_s,
+             "is too short for the front end (at least 64 ms)"),
             (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),

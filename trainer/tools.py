@@ -10,18 +10,32 @@ from . import data as D
 from .evaluate import evaluate
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
 from .models import load_checkpoint
-from .train import eval_windows, predict_logits, softmax
+from .context import ContextSettings, SceneMaker
+from .train import WindowSet, evaluation_windows, predict_logits, softmax
+
+
+def manifest_windows(clips: list[D.Clip], pool: list[D.Clip], labels: tuple[str, ...], *, mode: str, sample_rate: int,
+                     window: int, pre_roll: int, seed: int) -> WindowSet:
+    """Every onset window of each recording heard in its own seeded scene (rooms drawn from ``pool``)."""
+    maker = SceneMaker(ContextSettings(mode=mode, sample_rate=sample_rate), pool, window)
+    return evaluation_windows(clips, maker, labels, window=window, pre_roll=pre_roll, seed=seed, split="evaluate")
 
 
 def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", group_by: str = "",
-                  threshold: float | None = None, bootstrap: int = 1000, pad: str = "") -> dict:
-    """Metrics for a checkpoint folder or ONNX file on every usable clip of ``manifest``."""
+                  threshold: float | None = None, bootstrap: int = 1000, pad: str = "", background: str = "",
+                  seed: int = 0) -> dict:
+    """Metrics for a checkpoint folder or ONNX file on every onset window of every usable clip of ``manifest``.
+
+    Recordings are heard as in training (``pad``, default the model's own): in ``context`` mode the room is
+    made of ``background`` (a manifest; default the manifest's own recordings that are not positive).
+    """
     if model_path.suffix == ".onnx":
         from edge.inference import Classifier
 
         classifier = Classifier(model_path)
         info = classifier.info
         labels, positive, window, pre_roll = info.labels, info.positive_label, info.window_samples, info.pre_roll_samples
+        rate = info.sample_rate
         pad = pad or classifier.session.get_modelmeta().custom_metadata_map.get("window_pad", "zero")
         threshold = info.threshold if threshold is None else threshold
         predict = lambda w: run_onnx(model_path, w)  # noqa: E731
@@ -29,6 +43,7 @@ def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", 
         model = load_checkpoint(model_path)
         spec = model.spec
         labels, positive, window, pre_roll = spec.labels, spec.positive_label, spec.window_samples, spec.pre_roll_samples
+        rate = spec.sample_rate
         pad = pad or spec.pad
         threshold = 0.5 if threshold is None else threshold
         predict = lambda w: softmax(predict_logits(model, w))  # noqa: E731
@@ -38,12 +53,15 @@ def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", 
     unknown = {c.label for c in clips} - set(labels)
     if unknown:
         raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(labels)}")
-    clips = D.load_audio(clips, 16000, min_samples=1600)
-    targets = np.array([labels.index(c.label) for c in clips])
-    probs = predict(eval_windows(clips, window, pre_roll, pad))
-    groups = [c.column(group_by) for c in clips] if group_by else None
-    return {"model": str(model_path), "manifest": str(manifest),
-            **evaluate(probs, targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
+    clips = D.load_audio(clips, rate, min_samples=rate // 10)
+    pool = (D.load_audio(D.load_manifests(background), rate, min_samples=rate // 2) if background
+            else [c for c in clips if c.label != positive])
+    ws = manifest_windows(clips, pool, labels, mode=pad, sample_rate=rate, window=window, pre_roll=pre_roll, seed=seed)
+    probs = predict(ws.windows)
+    groups = [clips[i].column(group_by) for i in ws.clip] if group_by else None
+    return {"model": str(model_path), "manifest": str(manifest), "scenes": pad, "windows": int(len(ws.windows)),
+            "recordings_without_onset": ws.unheard, "threshold_source": "model" if threshold is None else "flag",
+            **evaluate(probs, ws.targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
 
 
 def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool, calibration: str) -> None:
@@ -62,7 +80,9 @@ def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool
     if int8:
         if not calibration:
             raise ValueError("--int8 needs --calibration <manifest> (audio to calibrate activations on)")
-        clips = D.load_audio(D.load_manifest(calibration)[:128], 16000, min_samples=1600)
-        quantize_int8(out, out.with_suffix(".int8.onnx"), eval_windows(clips, model.spec.window_samples,
-                                                                        model.spec.pre_roll_samples, model.spec.pad),
-                      kind=model.spec.kind)
+        spec = model.spec
+        clips = D.load_audio(D.load_manifest(calibration)[:128], spec.sample_rate, min_samples=spec.sample_rate // 10)
+        ws = manifest_windows(clips, clips, (clips[0].label,) + tuple({c.label for c in clips} - {clips[0].label}),
+                              mode=spec.pad, sample_rate=spec.sample_rate, window=spec.window_samples,
+                              pre_roll=spec.pre_roll_samples, seed=0)
+        quantize_int8(out, out.with_suffix(".int8.onnx"), ws.windows[:128], kind=spec.kind)

@@ -17,58 +17,98 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import AugmentSettings, augment
-from .data import Clip, anchor_candidates, peak_anchor, window_at
+from .context import SceneMaker, seeded_rng
+from .data import Clip, ManifestError
 from .losses import feature_penalty, kd_loss, warmup_linear
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Crop:
-    clip: int
-    anchor: int
-    key: str
-    """``<sha256>:<anchor>``: identifies the teacher's cached output for this crop."""
+@dataclass
+class WindowSet:
+    """Windows cut by the daemon's rule from recordings in their scenes (``trainer.context``)."""
+
+    windows: np.ndarray
+    """``[n, window_samples]`` float32."""
+    clip: np.ndarray
+    """Index, in its split's clip list, of the recording each window belongs to."""
+    targets: np.ndarray
+    """Class index of each window (its recording's label)."""
+    unheard: int = 0
+    """Recordings in which the onset detector found no sound at all (the daemon would never classify them)."""
+
+    @property
+    def keys(self) -> list[str]:
+        """Content hash of each window: identifies a cached teacher output exactly."""
+        return [hashlib.sha1(w.tobytes()).hexdigest() for w in self.windows]
 
 
-def make_crops(clips: list[Clip], per_clip: int, rng: np.random.Generator) -> list[Crop]:
-    """A fixed table of training crops: ``per_clip`` anchors per clip drawn among its loud frames."""
-    crops = []
-    for i, clip in enumerate(clips):
-        cands = anchor_candidates(clip.audio)
-        picks = rng.choice(cands, size=min(per_clip, cands.size), replace=False)
-        crops += [Crop(i, int(a), f"{clip.sha256}:{int(a)}") for a in sorted(picks)]
-    return crops
+def _collect(pieces: list[tuple[int, np.ndarray]], clips: list[Clip], labels: tuple[str, ...], window: int,
+             unheard: int) -> WindowSet:
+    if not pieces:
+        raise ManifestError("the onset detector found no sound in any recording of this split")
+    idx = np.array([i for i, _ in pieces])
+    return WindowSet(np.concatenate([w for _, w in pieces]).reshape(-1, window),
+                     np.repeat(idx, [len(w) for _, w in pieces]),
+                     np.repeat(np.array([labels.index(clips[i].label) for i in idx]), [len(w) for _, w in pieces]),
+                     unheard)
 
 
-def eval_windows(clips: list[Clip], window: int, pre_roll: int, pad: str) -> np.ndarray:
-    """One window per clip, placed at the onset of its loudest event."""
-    return np.stack([window_at(c.audio, peak_anchor(c.audio), window, pre_roll, pad) for c in clips])
+def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
+                     pre_roll: int, seed: int, progress: bool = True) -> WindowSet:
+    """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each."""
+    from tqdm import tqdm
+
+    pieces, unheard = [], 0
+    for i, clip in enumerate(tqdm(clips, desc="training windows", unit="clip", disable=not progress)):
+        heard = False
+        for k in range(per_clip):
+            rng = seeded_rng(seed, "train", clip.sha256, k)
+            scene = maker.scene(clip, rng)
+            anchors = maker.anchors(scene)
+            if anchors:
+                heard = True
+                pieces.append((i, maker.windows(scene, [anchors[int(rng.integers(len(anchors)))]], window, pre_roll)))
+        unheard += not heard
+    return _collect(pieces, clips, labels, window, unheard)
+
+
+def evaluation_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, window: int, pre_roll: int,
+                       seed: int, split: str, progress: bool = True) -> WindowSet:
+    """One seeded scene per recording; the window of every onset the daemon's detector reports in it."""
+    from tqdm import tqdm
+
+    pieces, unheard = [], 0
+    for i, clip in enumerate(tqdm(clips, desc=f"{split} windows", unit="clip", disable=not progress)):
+        scene = maker.scene(clip, seeded_rng(seed, split, clip.sha256))
+        anchors = maker.anchors(scene)
+        if anchors:
+            pieces.append((i, maker.windows(scene, anchors, window, pre_roll)))
+        else:
+            unheard += 1
+    return _collect(pieces, clips, labels, window, unheard)
 
 
 class CropDataset(Dataset):
-    """Training windows from the crop table; augmentation applies to the student's input only."""
+    """Training windows; augmentation applies to the student's input only (the teacher saw them clean)."""
 
-    def __init__(self, clips: list[Clip], crops: list[Crop], labels: tuple[str, ...], window: int, pre_roll: int,
-                 pad: str, aug: AugmentSettings | None, seed: int) -> None:
-        self.clips, self.crops, self.window, self.pre_roll, self.aug = clips, crops, window, pre_roll, aug
-        self.pad = pad
-        self.targets = np.array([labels.index(clips[c.clip].label) for c in crops])
+    def __init__(self, ws: WindowSet, aug: AugmentSettings | None, seed: int, sample_rate: int = 16000) -> None:
+        self.ws, self.aug, self.sample_rate = ws, aug, sample_rate
+        self.targets = ws.targets
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.ws.windows)
 
     def clean(self, i: int) -> np.ndarray:
-        crop = self.crops[i]
-        return window_at(self.clips[crop.clip].audio, crop.anchor, self.window, self.pre_roll, self.pad)
+        return self.ws.windows[i]
 
     def __getitem__(self, i: int):
         x = self.clean(i)
         if self.aug is not None:
-            background = self.clean(int(self.rng.integers(len(self.crops))))
-            x = augment(x, self.rng, self.aug, background=background)
-        return torch.from_numpy(x), int(self.targets[i]), i
+            background = self.clean(int(self.rng.integers(len(self))))
+            x = augment(x, self.rng, self.aug, self.sample_rate, background=background)
+        return torch.from_numpy(np.ascontiguousarray(x)), int(self.targets[i]), i
 
 
 def balanced_loader(ds: CropDataset, batch_size: int, seed: int, per_epoch: int) -> DataLoader:
@@ -186,10 +226,10 @@ def weights_digest(model: nn.Module) -> str:
 def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) -> torch.Tensor:
     """Teacher logits for every training crop (clean audio), computed once and kept in the run folder.
 
-    Reused only when both the crops (clip content hash, anchor, window, pre-roll, pad) and the teacher's
-    weights match, so a re-run into the same folder with another or retrained teacher recomputes.
+    Reused only when both the windows (by content hash) and the teacher's weights match, so a re-run into the
+    same folder with other data, scenes or another or retrained teacher recomputes.
     """
-    keys = [f"{c.key}:{ds.window}:{ds.pre_roll}:{ds.pad}" for c in ds.crops]
+    keys = ds.ws.keys
     digest = weights_digest(teacher)
     if path.is_file():
         cached = torch.load(path, weights_only=True)

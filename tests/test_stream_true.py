@@ -1,0 +1,208 @@
+"""One window rule for trainer and daemon, recordings heard in context, the stream benchmark's truth and metrics."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+pytest.importorskip("torch")
+
+RATE = 16000
+
+
+def _clips(folder: Path, n: int | None = None):
+    from trainer.data import load_audio, load_manifest
+
+    return load_audio(load_manifest(folder)[:n], RATE, min_samples=RATE // 10, progress=False)
+
+
+class _Recorder:
+    """Wraps a real edge Classifier and keeps every window the Pipeline hands it."""
+
+    def __init__(self, classifier) -> None:
+        self.inner, self.info, self.sha256 = classifier, classifier.info, classifier.sha256
+        self.windows: list[np.ndarray] = []
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        self.windows.extend(np.array(windows))
+        return self.inner(windows)
+
+
+@pytest.mark.parametrize("mode", ["context", "zero", "wrap"])
+def test_trainer_evaluation_windows_are_the_windows_the_pipeline_cuts(tiny_model, mode):
+    """Sample for sample: the trainer's windows for a recording in its scene equal those the daemon cuts."""
+    from edge.inference import Classifier
+    from edge.pipeline import Pipeline
+    from trainer.context import ContextSettings, SceneMaker, seeded_rng
+    from trainer.train import evaluation_windows
+
+    coughs, room = _clips(DATA / "covid-sample", 4), _clips(DATA / "room-sample")
+    detector, classifier = _Recorder(Classifier(tiny_model)), _Recorder(Classifier(tiny_model))
+    info = detector.info
+    maker = SceneMaker(ContextSettings(mode=mode), room, info.window_samples)
+    ws = evaluation_windows(coughs, maker, ("positive", "negative"), window=info.window_samples,
+                            pre_roll=info.pre_roll_samples,
+                            seed=3, split="test", progress=False)
+    assert len(ws.windows) >= len(coughs) and set(ws.clip) == set(range(len(coughs)))
+    for i, clip in enumerate(coughs):
+        scene = maker.scene(clip, seeded_rng(3, "test", clip.sha256))
+        detector.windows.clear()
+        pipe = Pipeline(detector, classifier, "dev", lambda e: None, detector_threshold=1.1, synced=True)
+        for start in range(0, scene.audio.size, 1000):
+            pipe.feed(scene.audio[start:start + 1000])
+        pipe.flush()
+        tol = round(0.3 * RATE)
+        sounds = [s.onset for s in _onsets(scene.audio)]
+        daemon = [w for w, onset in zip(detector.windows, sounds) if scene.start - tol <= onset < scene.end]
+        trainer = ws.windows[ws.clip == i]
+        assert len(daemon) == len(trainer) >= 1
+        for a, b in zip(daemon, trainer):
+            np.testing.assert_array_equal(a, b)
+
+
+def _onsets(audio):
+    from edge.windows import find_sounds
+
+    return find_sounds(audio, RATE)
+
+
+def test_cut_window_holds_zeros_only_outside_the_stream():
+    from edge.windows import cut_window
+
+    stream = np.arange(1, 11, dtype=np.float32)
+    assert cut_window(stream, 0, onset=2, window_samples=8, pre_roll_samples=4).tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
+    # a buffer holding the stream from sample 4 on: same positions, same samples
+    assert cut_window(stream[4:], 4, onset=6, window_samples=4, pre_roll_samples=1).tolist() == [6, 7, 8, 9]
+    assert cut_window(stream, 0, onset=9, window_samples=4, pre_roll_samples=1).tolist() == [9, 10, 0, 0]
+
+
+def test_context_scene_puts_the_recording_in_a_room_at_the_drawn_level():
+    from trainer.context import ContextSettings, SceneMaker, loudest_frame_db, rms_db, seeded_rng
+
+    cough, room = _clips(DATA / "covid-sample", 1)[0], _clips(DATA / "room-sample")
+    maker = SceneMaker(ContextSettings(level_min_db=20, level_max_db=20), room, RATE)
+    scene = maker.scene(cough, seeded_rng(0, "x"))
+    before = scene.audio[: scene.start]
+    assert np.abs(before).min() >= 0 and rms_db(before) > -90, "room before the recording, never digital silence"
+    level = loudest_frame_db(cough.audio, RATE) - rms_db(scene.audio[: scene.start - 1600])
+    assert level == pytest.approx(20.0, abs=1.5)
+    again = maker.scene(cough, seeded_rng(0, "x"))
+    np.testing.assert_array_equal(scene.audio, again.audio)
+    anchors = maker.anchors(scene)
+    assert anchors and all(scene.start - 0.3 * RATE <= a < scene.end for a in anchors)
+    with pytest.raises(ValueError, match="no background recordings"):
+        SceneMaker(ContextSettings(), [], RATE).scene(cough, seeded_rng(0))
+
+
+def test_split_is_stable_whatever_else_a_run_loads():
+    from trainer.data import Clip, split, split_of
+
+    def clips(n, prefix):
+        return [Clip(Path(f"{prefix}{i}"), "a" if i % 2 else "b", f"{prefix}{i}", sha256=f"{i}") for i in range(n)]
+
+    alone, mixed = clips(200, "x"), clips(200, "x") + clips(300, "y")
+    a = {c.group: name for name, part in split(alone, val=0.15, test=0.15, seed=0).items() for c in part}
+    b = {c.group: name for name, part in split(mixed, val=0.15, test=0.15, seed=0).items() for c in part}
+    assert all(b[g] == s for g, s in a.items())
+    assert split_of("x1", val=0.15, test=0.15, seed=0) == a["x1"]
+    assert 15 <= sum(s == "test" for s in a.values()) <= 45
+
+
+def test_single_event_keeps_a_coughs_phases_together_and_stops_at_the_next_cough():
+    from trainer.stream import single_event
+
+    rng = np.random.default_rng(0)
+    audio = (1e-4 * rng.standard_normal(RATE * 2)).astype(np.float32)
+    burst = lambda n, a: (a * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    audio[3200:4800] += burst(1600, 0.5)      # explosive phase, 100 ms
+    audio[4800:8000] += burst(3200, 0.05)     # voiced phase, 20 dB lower, 200 ms
+    audio[12800:14400] += burst(1600, 0.4)    # the next cough, 300 ms later
+    start, end = single_event(audio, RATE)
+    assert start == 3200 and end == 8000
+
+
+def _stream_settings(**kw):
+    from trainer.stream import StreamSettings
+
+    return replace(StreamSettings(coughs="x", sounds="y", levels_db="20,30", gap_min_s=1.0, gap_max_s=2.0), **kw)
+
+
+def test_stream_builder_places_sounds_at_known_times_and_levels_deterministically():
+    from trainer.context import loudest_frame_db
+    from trainer.stream import build_stream
+
+    coughs, sounds = _clips(DATA / "covid-sample", 6), _clips(DATA / "room-sample")
+    s = _stream_settings()
+    stream, truth, room = build_stream(coughs, sounds, s, RATE, "source")
+    again, truth2, _ = build_stream(coughs, sounds, s, RATE, "source")
+    np.testing.assert_array_equal(stream, again)
+    assert truth == truth2
+    assert sum(p.kind == "cough" for p in truth) == 6 and any(p.kind == "sound" for p in truth)
+    assert not {str(c.path) for c in room} & {p.path for p in truth}, "the room never holds a placed recording"
+    for p in truth:
+        assert p.level_db in (20.0, 30.0) and p.end > p.onset
+        measured = loudest_frame_db(stream[p.onset: p.end], RATE) - s.room_dbfs
+        assert measured == pytest.approx(p.level_db, abs=1.0 if p.level_db == 30 else 2.0)
+    onsets = [p.onset for p in truth]
+    assert onsets == sorted(onsets) and min(np.diff(onsets)) >= RATE
+
+
+def test_stream_metrics_on_hand_made_events():
+    from trainer.stream import Placed, StreamEvent, score_stream
+
+    r = RATE
+    truth = [Placed("cough", "positive", "phone", "a", 10.0, 1 * r, 2 * r),
+             Placed("cough", "negative", "phone", "b", 20.0, 5 * r, 6 * r),
+             Placed("cough", "positive", "app", "c", 20.0, 9 * r, 10 * r),
+             Placed("sound", "laughter", "", "d", 20.0, 13 * r, 14 * r),
+             Placed("sound", "speech", "", "e", 20.0, 17 * r, 18 * r)]
+    events = [StreamEvent(1 * r - r // 10, 0.9, 0.8),       # cough a, 0.1 s early: counts
+              StreamEvent(5 * r + r // 5, 0.9, 0.3),         # cough b ...
+              StreamEvent(5 * r + r // 2, 0.9, 0.4),         # ... split into two events
+              StreamEvent(13 * r, 0.9, 0.5),                 # on the laughter
+              StreamEvent(21 * r, 0.9, 0.5)]                 # on the room
+    m = score_stream(truth, events, 3600 * r, r, class_labels=("positive", "negative"), positive_label="positive",
+                     levels=[10.0, 20.0])
+    assert m["coughs"] == {"n": 3, "with_event": 2, "share": 2 / 3}
+    assert m["coughs_by_level"]["10"]["share"] == 1.0 and m["coughs_by_level"]["20"]["share"] == 0.5
+    assert m["events_per_detected_cough"] == 1.5
+    assert m["sounds_by_class"]["laughter"]["share"] == 1.0 and m["sounds_by_class"]["speech"]["share"] == 0.0
+    assert m["background_events"] == 1 and m["background_events_per_hour"] == 1.0
+    assert m["onset_error_ms"]["median"] == pytest.approx((100 + 200) / 2)
+    ev = m["classifier_on_events"]
+    assert ev["events"] == 3 and ev["pooled"] == 1.0  # positive a (0.8) above both events of negative b
+    assert ev["by_group"]["phone"]["roc_auc"] == 1.0 and ev["by_group"]["app"]["roc_auc"] is None
+
+
+def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_path):
+    from edge.inference import Classifier
+    from trainer.export import contract_metadata, export_onnx
+    from trainer.models import build_cnn_student, build_teacher
+    from trainer.settings import DataSettings, Settings, StudentSettings
+
+    with pytest.raises(ValueError, match=r"student.f_max_hz = 8000.0 must be in \[1000, 4000\] Hz"):
+        Settings(data=DataSettings(manifest="x", sample_rate=8000)).validate()
+    s = Settings(data=DataSettings(manifest="x", sample_rate=8000), student=StudentSettings(f_max_hz=4000)).validate()
+    student = build_cnn_student(("a", "b"), "a", window_samples=8000, pre_roll_samples=2000, widths=(4, 4),
+                                f_max_hz=s.student.f_max_hz, sample_rate=s.data.sample_rate).eval()
+    assert student.spec.sample_rate == 8000 and student.frontend.cfg.sample_rate == 8000
+    path = tmp_path / "m8k.onnx"
+    export_onnx(student, path, contract_metadata(student.spec, threshold=0.5, train_data="-", teacher="-", metrics={}),
+                name="m8k")
+    info = Classifier(path).info
+    assert (info.sample_rate, info.window_samples, info.pre_roll_samples) == (8000, 8000, 2000)
+    with pytest.raises(ValueError, match="must be in \\[8000, 48000\\] Hz"):
+        Settings(data=DataSettings(manifest="x", sample_rate=4000)).validate()
+    from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
+
+    cfg = Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                         conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                         num_conv_pos_embedding_groups=2)
+    Wav2Vec2ForSequenceClassification(cfg).save_pretrained(tmp_path / "w2v")
+    with pytest.raises(ValueError, match="pretrained on 16000 Hz audio but data.sample_rate is 8000 Hz"):
+        build_teacher(str(tmp_path / "w2v"), ("a", "b"), "a", window_samples=8000, pre_roll_samples=2000,
+                      sample_rate=8000)

@@ -1,0 +1,164 @@
+"""Recordings heard as the daemon hears them: placed in a room, onsets found by the daemon's own detector.
+
+A *scene* is a stretch of stream around one recording. In the default ``context`` mode the recording
+sits in a *room*: other recordings of the same split (speech, breathing, vowels; never the same group)
+back to back with short cross-fades, normalised to one level, plus a faint white-noise floor. The room is
+scaled so that the recording's loudest 10 ms frame is ``level_db`` above the room's RMS, ``level_db``
+drawn uniformly from the configured range. When the recording came through a telephone (its manifest's
+``original_sample_rate`` is 8000 Hz or less) the room is band-limited to 300-3400 Hz too, as the phone
+would have heard it. ``zero`` (digital silence around the recording) and ``wrap`` (the recording looped)
+remain for comparison.
+
+Anchors are the onsets that :func:`edge.windows.find_sounds`, the daemon's detector, reports in the
+scene from ``ONSET_TOLERANCE_S`` before the recording starts to its end, and windows are cut with
+:func:`edge.windows.cut_window`, the function the daemon's ``Pipeline`` uses.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.onset import OnsetSettings
+from edge.windows import cut_window, find_sounds
+
+from .augment import band_limit
+from .data import Clip, ManifestError
+
+MODES = ("context", "zero", "wrap")
+ONSET_TOLERANCE_S = 0.3
+"""An onset this many seconds before a recording starts still belongs to it (its window holds the recording)."""
+FADE_S = 0.02
+"""Cross-fade between room pieces, in seconds (an abrupt join would itself be an onset)."""
+NOISE_BELOW_ROOM_DB = 30.0
+"""The room's white-noise floor, in dB below the room's RMS: a microphone never records digital silence."""
+FRAME_S = 0.01
+"""Frame of the level rule: a recording's level is its loudest 10 ms frame's RMS."""
+
+
+@dataclass(frozen=True)
+class ContextSettings:
+    mode: str = "context"
+    sample_rate: int = 16000
+    """Hz."""
+    level_min_db: float = 10.0
+    """Lowest level of a recording's loudest 10 ms frame over the room's RMS, in dB."""
+    level_max_db: float = 35.0
+    """Highest such level, in dB."""
+    before_s: float = 3.0
+    """Room before the recording, in seconds (the onset detector's noise floor settles on it)."""
+    after_s: float = 1.5
+    """Room after the recording beyond the longest window, in seconds (its last sound ends in it)."""
+    onset: OnsetSettings = OnsetSettings()
+
+
+@dataclass
+class Scene:
+    audio: np.ndarray
+    """The stream, float32 at the settings' sample rate."""
+    start: int
+    """First sample of the recording in ``audio``."""
+    end: int
+    """First sample after the recording."""
+    level_db: float
+    """The recording's loudest 10 ms frame over the room's RMS, in dB (nan without a room)."""
+
+
+def loudest_frame_db(audio: np.ndarray, sample_rate: int) -> float:
+    """RMS of the loudest 10 ms frame, in dB re full scale."""
+    frame = max(1, round(FRAME_S * sample_rate))
+    n = max(1, audio.size // frame)
+    frames = audio[: n * frame].reshape(n, frame) if audio.size >= frame else audio[None, :]
+    return float(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1).max() + 1e-12))
+
+
+def rms_db(audio: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(audio.astype(np.float64) ** 2) + 1e-12))
+
+
+def is_telephone(clip: Clip) -> bool:
+    """The manifest says the recording was made at 8 kHz or less (a telephone channel)."""
+    try:
+        return 0 < float(clip.extra.get("original_sample_rate") or 0) <= 8000
+    except ValueError:
+        return False
+
+
+def seeded_rng(seed: int, *parts: object) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and ``parts`` (e.g. a clip's hash): order-independent."""
+    digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def make_room(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: int, *,
+              exclude_group: str = "") -> np.ndarray:
+    """``n`` samples of room at RMS 1: random stretches of ``pool`` recordings, cross-faded, plus a noise floor."""
+    candidates = [c for c in pool if (c.group or c.sha256) != exclude_group] or pool
+    if not candidates:
+        raise ManifestError("context needs room audio: no background recordings in this split "
+                            "(give --data-background, or use --data-pad zero|wrap)")
+    fade = max(1, round(FADE_S * sample_rate))
+    ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
+    room = np.zeros(n + 4 * fade, dtype=np.float32)
+    pos = 0
+    while pos < n:
+        audio = candidates[int(rng.integers(len(candidates)))].audio
+        offset = int(rng.integers(0, max(1, audio.size - sample_rate)))
+        piece = audio[offset: offset + max(n - pos + fade, 4 * fade)].astype(np.float32)
+        if piece.size <= 2 * fade:
+            continue  # a recording shorter than two fades adds nothing
+        piece = piece / np.float32(np.sqrt(np.mean(piece.astype(np.float64) ** 2)) + 1e-9)
+        piece[:fade] *= ramp
+        piece[-fade:] *= ramp[::-1]
+        take = min(piece.size, room.size - pos)
+        room[pos: pos + take] += piece[:take]
+        pos += take - fade
+    room = room[:n]
+    room += rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (-NOISE_BELOW_ROOM_DB / 20))
+    return room / np.float32(np.sqrt(np.mean(room.astype(np.float64) ** 2)) + 1e-9)
+
+
+class SceneMaker:
+    """Builds the scene around a recording for one split (the room comes from that split's ``pool`` only)."""
+
+    def __init__(self, settings: ContextSettings, pool: list[Clip], window_samples: int) -> None:
+        if settings.mode not in MODES:
+            raise ValueError(f"data.pad = {settings.mode!r} must be one of {', '.join(MODES)}")
+        self.s, self.pool = settings, pool
+        sr = settings.sample_rate
+        self.before = round(settings.before_s * sr)
+        self.after = window_samples + round(settings.after_s * sr)
+        self.tolerance = round(ONSET_TOLERANCE_S * sr)
+
+    def scene(self, clip: Clip, rng: np.random.Generator) -> Scene:
+        audio, sr = clip.audio, self.s.sample_rate
+        start, end = self.before, self.before + audio.size
+        n = end + self.after
+        if self.s.mode == "wrap":
+            return Scene(audio[np.arange(-start, n - start) % audio.size].astype(np.float32), start, end, float("nan"))
+        out = np.zeros(n, dtype=np.float32)
+        level = float("nan")
+        if self.s.mode == "context":
+            level = float(rng.uniform(self.s.level_min_db, self.s.level_max_db))
+            room = make_room(self.pool, n, rng, sr, exclude_group=clip.group or clip.sha256)
+            if is_telephone(clip):
+                room = band_limit(room, sr, 300.0, 3400.0)
+                room /= np.float32(np.sqrt(np.mean(room.astype(np.float64) ** 2)) + 1e-9)
+            out += room * np.float32(10 ** ((loudest_frame_db(audio, sr) - level) / 20))
+        out[start:end] += audio
+        peak = float(np.abs(out).max())
+        if peak > 0.99:
+            out *= np.float32(0.99 / peak)
+        return Scene(out, start, end, level)
+
+    def anchors(self, scene: Scene) -> list[int]:
+        """Onsets the daemon's detector reports that belong to the recording."""
+        return [s.onset for s in find_sounds(scene.audio, self.s.sample_rate, self.s.onset)
+                if scene.start - self.tolerance <= s.onset < scene.end]
+
+    def windows(self, scene: Scene, anchors: list[int], window_samples: int, pre_roll_samples: int) -> np.ndarray:
+        out = np.zeros((len(anchors), window_samples), dtype=np.float32)
+        for i, a in enumerate(anchors):
+            out[i] = cut_window(scene.audio, 0, a, window_samples, pre_roll_samples)
+        return out

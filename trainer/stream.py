@@ -1,0 +1,407 @@
+"""`trainer stream`: the daemon's own ``Pipeline`` on held-out streams with sounds at known times and levels.
+
+The builder takes one split (``test`` by default) of the given manifests, by the trainer's stable split
+rule, so no recording in it was trained on or selected by any model trained with the same seed and
+fractions. From each cough recording it cuts one *single cough* (:func:`single_event`), from each
+non-cough recording one sound event by the same rule, and places them, shuffled, a few seconds apart into a
+*room* made of other held-out non-cough recordings (other groups than the placed sounds). Each placed
+sound's loudest 10 ms frame is a known number of dB above the room's RMS. The stream then runs through
+``edge.pipeline.Pipeline`` in-process, exactly as `edge run` would process it, and the events are scored
+against the truth (:func:`score_stream`).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from edge.settings import ModelSettings
+
+from . import data as D
+from .augment import band_limit
+from .context import FADE_S, ContextSettings, SceneMaker, is_telephone, loudest_frame_db, make_room, seeded_rng
+
+log = logging.getLogger(__name__)
+TOLERANCE_BEFORE_S = 0.3
+"""An event counts for a placed sound when its onset is at most this long before the sound's onset..."""
+TOLERANCE_AFTER_S = 0.1
+"""...and at most this long after the sound's end."""
+EVENT_FRAME_S = 0.01
+EVENT_FLOOR_DB = 25.0
+"""A single event spans the frames within this many dB of its loudest 10 ms frame..."""
+EVENT_GAP_S = 0.15
+"""...and ends at the first stretch of this many seconds below that level (a gap between two coughs)."""
+EVENT_MAX_S = 1.5
+"""An event is cut at this length."""
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    coughs: str = ""
+    """Manifest(s) of cough recordings, comma-separated."""
+    cough_labels: str = ""
+    """Labels of ``coughs`` rows that are coughs, comma-separated (empty = every row)."""
+    sounds: str = ""
+    """Manifest(s) of non-cough recordings, comma-separated: placed as sounds, and (other groups) the room."""
+    sound_labels: str = ""
+    """Labels of ``sounds`` rows to use, comma-separated (empty = every row not among ``cough_labels``)."""
+    split: str = "test"
+    """Which split of the manifests the stream is made of: ``test`` or ``val``."""
+    seed: int = 0
+    """Seed of the split (as in `trainer distill`) and of the stream's layout."""
+    val_fraction: float = 0.15
+    """As in `trainer distill`: the split must be the models' own."""
+    test_fraction: float = 0.15
+    """As in `trainer distill`."""
+    levels_db: str = "10,15,20,25,30,35"
+    """Levels of the placed sounds' loudest 10 ms frame over the room's RMS, in dB, comma-separated (cycled)."""
+    room_dbfs: float = -45.0
+    """RMS of the room, in dBFS."""
+    gap_min_s: float = 2.5
+    """Shortest room between two placed sounds, in seconds."""
+    gap_max_s: float = 5.0
+    """Longest room between two placed sounds, in seconds."""
+    room_share: float = 0.4
+    """Share of the non-cough recordings' groups that make the room instead of being placed."""
+    group_by: str = "source"
+    """Column whose values the classifier's ROC-AUC is also reported for."""
+
+    def validate(self) -> "StreamSettings":
+        if not self.coughs:
+            raise ValueError("stream.coughs is required (--stream-coughs MANIFEST)")
+        if not self.sounds:
+            raise ValueError("stream.sounds is required (--stream-sounds MANIFEST): the room is made of them")
+        if self.split not in ("test", "val"):
+            raise ValueError(f"stream.split = {self.split!r} must be test or val")
+        if not 0 < self.gap_min_s <= self.gap_max_s:
+            raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
+        if not 0 < self.room_share < 1:
+            raise ValueError(f"stream.room_share = {self.room_share} must be in (0, 1)")
+        try:
+            levels = [float(x) for x in self.levels_db.split(",")]
+        except ValueError:
+            levels = []
+        if not levels:
+            raise ValueError(f"stream.levels_db = {self.levels_db!r} must be comma-separated numbers")
+        return self
+
+    @property
+    def levels(self) -> list[float]:
+        return [float(x) for x in self.levels_db.split(",")]
+
+
+@dataclass
+class Placed:
+    """One sound placed into the stream: the truth an event is scored against."""
+
+    kind: str
+    """``cough`` or ``sound``."""
+    cls: str
+    """The recording's label (e.g. ``positive``/``negative`` for covid19-cough, ``breathing`` for Coswara)."""
+    group: str
+    """The recording's value of ``group_by`` (e.g. its source)."""
+    path: str
+    level_db: float
+    """Its loudest 10 ms frame over the room's RMS, in dB."""
+    onset: int
+    """Sample of the stream where the sound starts."""
+    end: int
+    """First sample after it."""
+
+
+def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
+    """``(start, end)`` of a recording's loudest event, in samples: the truth's unit of one cough.
+
+    From the loudest 10 ms frame, back to the first frame of the run of frames within ``EVENT_FLOOR_DB`` of it
+    (at most 0.3 s back), and forward until ``EVENT_GAP_S`` of frames below that level or ``EVENT_MAX_S``. A
+    cough's explosive, intermediate and voiced phases follow each other without such a gap, so they stay
+    one event; the next cough of a bout starts after one, so it is not part of it. Two coughs less than
+    0.15 s apart would count as one.
+    """
+    frame = round(EVENT_FRAME_S * sample_rate)
+    n = max(1, audio.size // frame)
+    energy = 10 * np.log10(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
+    peak = int(energy.argmax())
+    loud = energy >= energy[peak] - EVENT_FLOOR_DB
+    first = peak
+    while first > 0 and loud[first - 1] and peak - first < round(0.3 / EVENT_FRAME_S):
+        first -= 1
+    gap, last, quiet = round(EVENT_GAP_S / EVENT_FRAME_S), peak, 0
+    for i in range(peak + 1, min(n, first + round(EVENT_MAX_S / EVENT_FRAME_S))):
+        quiet = 0 if loud[i] else quiet + 1
+        if quiet >= gap:
+            break
+        if loud[i]:
+            last = i
+    return first * frame, (last + 1) * frame
+
+
+@dataclass
+class Item:
+    clip: D.Clip
+    kind: str
+
+
+def held_out(manifests: str, labels: str, s: StreamSettings, sample_rate: int, exclude: set[str] = frozenset()):
+    """The rows of ``manifests`` with ``labels`` that fall in ``s.split``, decoded."""
+    wanted = {x for x in labels.split(",") if x}
+    clips = [c for c in D.load_manifests(manifests) if (not wanted or c.label in wanted) and c.label not in exclude]
+    clips = D.load_audio(clips, sample_rate, min_samples=sample_rate // 4)
+    return [c for c in clips if D.split_of(c.group or c.sha256, val=s.val_fraction, test=s.test_fraction,
+                                           seed=s.seed) == s.split]
+
+
+def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, sample_rate: int,
+                 group_by: str = "") -> tuple[np.ndarray, list[Placed], list[D.Clip]]:
+    """The stream, its truth, and the recordings its room is made of (deterministic by ``s.seed``)."""
+    rng = seeded_rng(s.seed, "stream", s.split)
+    groups = sorted({c.group or c.sha256 for c in sounds})
+    room_groups = {g for g in groups if seeded_rng(s.seed, "room", g).random() < s.room_share}
+    room = [c for c in sounds if (c.group or c.sha256) in room_groups]
+    placed_sounds = [c for c in sounds if (c.group or c.sha256) not in room_groups]
+    if not room:
+        raise D.ManifestError(f"no non-cough recordings left for the room in the {s.split} split")
+    items = [Item(c, "cough") for c in coughs] + [Item(c, "sound") for c in placed_sounds]
+    items = [items[i] for i in rng.permutation(len(items))]
+    level_of = {kind: iter(s.levels * (len(items) // len(s.levels) + 1)) for kind in ("cough", "sound")}
+    excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
+    for item in items:
+        lo, hi = single_event(item.clip.audio, sample_rate)
+        margin = round(0.05 * sample_rate)
+        a, b = max(0, lo - margin), min(item.clip.audio.size, hi + margin)
+        excerpts.append((t, item.clip.audio[a:b].copy()))
+        truth.append(Placed(item.kind, item.clip.label, item.clip.column(group_by) if group_by else "",
+                            str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a))
+        t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
+    n = t + round(s.gap_max_s * sample_rate)
+    stream = make_room(room, n, rng, sample_rate)
+    _telephone_segments(stream, items, truth, sample_rate)
+    stream *= np.float32(10 ** (s.room_dbfs / 20))
+    for (start, audio), p in zip(excerpts, truth):
+        audio = _faded(audio.astype(np.float32), sample_rate)
+        gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
+        stream[start: start + audio.size] += audio * np.float32(gain)
+    return np.clip(stream, -1.0, 1.0), truth, room
+
+
+def _faded(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    fade = min(audio.size // 2, round(0.005 * sample_rate))
+    if fade:
+        ramp = np.linspace(0, 1, fade, dtype=np.float32)
+        audio[:fade] *= ramp
+        audio[-fade:] *= ramp[::-1]
+    return audio
+
+
+def _telephone_segments(stream: np.ndarray, items: list[Item], truth: list[Placed], sample_rate: int) -> None:
+    """Around a telephone recording the room is heard through the same 300-3400 Hz channel (as in training)."""
+    fade = round(FADE_S * sample_rate)
+    half_gap = round(1.0 * sample_rate)
+    for item, p in zip(items, truth):
+        if not is_telephone(item.clip):
+            continue
+        lo, hi = max(0, p.onset - half_gap), min(stream.size, p.end + half_gap)
+        seg = band_limit(stream[lo:hi], sample_rate, 300.0, 3400.0)
+        seg *= np.float32(np.sqrt(np.mean(stream[lo:hi] ** 2) / (np.mean(seg**2) + 1e-12)))
+        w = np.ones(hi - lo, dtype=np.float32)
+        w[:fade], w[-fade:] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
+        stream[lo:hi] = w * seg + (1 - w) * stream[lo:hi]
+
+
+@dataclass
+class StreamEvent:
+    onset: int
+    """Onset sample in the stream."""
+    cough_score: float
+    positive_score: float
+    """The classifier's probability of its positive label."""
+
+
+def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int, sample_rate: int, *,
+                 class_labels: tuple[str, ...] = (), positive_label: str = "",
+                 levels: list[float] | None = None) -> dict:
+    """Detection and classification figures of ``events`` against the placed ``truth`` (pure)."""
+    before, after = round(TOLERANCE_BEFORE_S * sample_rate), round(TOLERANCE_AFTER_S * sample_rate)
+    onsets = np.array([e.onset for e in events], dtype=np.int64)
+    matched = np.zeros(len(events), dtype=bool)
+    hits: list[list[int]] = []
+    for p in truth:
+        idx = np.flatnonzero((onsets >= p.onset - before) & (onsets <= p.end + after))
+        matched[idx] = True
+        hits.append(list(idx))
+    coughs = [(p, h) for p, h in zip(truth, hits) if p.kind == "cough"]
+    sounds = [(p, h) for p, h in zip(truth, hits) if p.kind == "sound"]
+    detected = [(p, h) for p, h in coughs if h]
+    errors = [abs(events[h[0]].onset - p.onset) / sample_rate * 1000 for p, h in detected]
+    hours = n_samples / sample_rate / 3600
+    out = {
+        "duration_s": round(n_samples / sample_rate, 1),
+        "coughs": _rate(coughs),
+        "coughs_by_level": {f"{lvl:g}": _rate([(p, h) for p, h in coughs if p.level_db == lvl])
+                            for lvl in (levels or sorted({p.level_db for p, _ in coughs}))},
+        "events_per_detected_cough": (sum(len(h) for _, h in detected) / len(detected)) if detected else None,
+        "sounds": _rate(sounds),
+        "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
+        "background_events": int((~matched).sum()),
+        "background_events_per_hour": float((~matched).sum() / hours) if hours else None,
+        "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
+    }
+    if positive_label:
+        labelled = [(p, h) for p, h in coughs if p.cls in class_labels]
+        out["classifier_on_events"] = _event_auc(labelled, events, positive_label)
+    return out
+
+
+def _rate(pairs: list) -> dict:
+    n, hit = len(pairs), sum(1 for _, h in pairs if h)
+    return {"n": n, "with_event": hit, "share": hit / n if n else None}
+
+
+def _auc(labels: list[bool], scores: list[float]) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
+
+
+def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> dict:
+    """ROC-AUC of the classifier on every event it published on a cough whose recording carries a label."""
+    rows = [(p.cls == positive_label, events[i].positive_score, p.group) for p, h in coughs for i in h]
+    out = {"events": len(rows), "pooled": _auc([r[0] for r in rows], [r[1] for r in rows]), "by_group": {}}
+    for g in sorted({p.group for p, _ in coughs}):
+        sub = [r for r in rows if r[2] == g]
+        out["by_group"][g] = {"events": len(sub), "roc_auc": _auc([r[0] for r in sub], [r[1] for r in sub])}
+    return out
+
+
+def run_daemon_pipeline(detector: Path, classifier: Path, stream: np.ndarray, detector_threshold: float | None = None,
+                        chunk: int = 1600) -> tuple:
+    """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does; its events and the time it took."""
+    from edge.inference import Classifier
+    from edge.pipeline import Pipeline
+
+    det, cls = Classifier(detector), Classifier(classifier)
+    pipe = Pipeline(det, cls, "stream-benchmark", lambda event: None, detector_threshold=detector_threshold, synced=False,
+                    start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
+    events, t0 = [], time.perf_counter()
+    for start in range(0, stream.size, chunk):
+        events += pipe.feed(stream[start: start + chunk])
+    events += pipe.flush()
+    seconds = time.perf_counter() - t0
+    info = cls.info
+    return [StreamEvent(e.onset_sample, e.cough_score, e.probabilities[info.positive_label]) for e in events], \
+        seconds, det, cls
+
+
+def clip_level(classifier, coughs: list[D.Clip], room: list[D.Clip], s: StreamSettings, group_by: str) -> dict:
+    """The classifier on every onset window of the same cough recordings, each heard in its own scene (no
+    cough detector): the clip-level figure the events are compared with."""
+    from .train import evaluation_windows
+
+    info = classifier.info
+    labelled = [c for c in coughs if c.label in info.labels]
+    if not labelled:
+        return {}
+    mode = classifier.session.get_modelmeta().custom_metadata_map.get("window_pad", "context")
+    maker = SceneMaker(ContextSettings(mode=mode, sample_rate=info.sample_rate), room, info.window_samples)
+    ws = evaluation_windows(labelled, maker, info.labels, window=info.window_samples, pre_roll=info.pre_roll_samples,
+                            seed=s.seed, split=f"{s.split}-clip", progress=False)
+    scores = np.concatenate([classifier(ws.windows[i: i + 64]) for i in range(0, len(ws.windows), 64)])
+    scores = scores[:, info.positive_index]
+    is_pos = ws.targets == info.positive_index
+    values = np.array([labelled[i].column(group_by) if group_by else "" for i in ws.clip])
+    out = {"windows": int(len(ws.windows)), "pooled": _auc(list(is_pos), list(scores)), "by_group": {}}
+    for g in sorted(set(values)):
+        m = values == g
+        out["by_group"][g] = {"windows": int(m.sum()), "roc_auc": _auc(list(is_pos[m]), list(scores[m]))}
+    return out
+
+
+@dataclass(frozen=True)
+class StreamCommand:
+    """`trainer stream` settings: ``--stream-*`` and the same ``--model-*`` flags as `edge run`."""
+
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+
+
+def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
+               detector_threshold: float | None = None) -> dict:
+    """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
+    from edge.inference import Classifier
+
+    s.validate()
+    rate = Classifier(detector).info.sample_rate
+    cough_labels = {x for x in s.cough_labels.split(",") if x}
+    coughs = held_out(s.coughs, s.cough_labels, s, rate)
+    sounds = held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels)
+    stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
+    log.info("stream: %.1f min, %d coughs and %d other sounds placed", stream.size / rate / 60,
+             sum(p.kind == "cough" for p in truth), sum(p.kind == "sound" for p in truth))
+    if audio_out is not None:
+        write_stream(audio_out, stream, rate, truth)
+    events, seconds, det, cls = run_daemon_pipeline(detector, classifier, stream, detector_threshold)
+    result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
+                          positive_label=cls.info.positive_label, levels=s.levels)
+    result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
+    result["real_time_factor"] = seconds / (stream.size / rate)
+    threshold = det.info.threshold if detector_threshold is None else detector_threshold
+    result["models"] = {"detector": {"path": str(detector), "threshold": threshold, "sha256": det.sha256},
+                        "classifier": {"path": str(classifier), "threshold": cls.info.threshold,
+                                       "sha256": cls.sha256, "positive_label": cls.info.positive_label}}
+    result["settings"] = asdict(s)
+    return result
+
+
+def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:
+    """The stream as FLAC and its truth as ``<path>.truth.csv`` (for `edge run --source` and the bench scripts)."""
+    import soundfile as sf
+
+    sf.write(str(path), stream, sample_rate, subtype="PCM_16")
+    with open(path.with_suffix(".truth.csv"), "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["onset_s", "duration_s", "kind", "label", "group", "level_db", "source_file"])
+        w.writeheader()
+        for p in truth:
+            w.writerow({"onset_s": p.onset / sample_rate, "duration_s": (p.end - p.onset) / sample_rate,
+                        "kind": p.kind, "label": p.cls, "group": p.group, "level_db": p.level_db,
+                        "source_file": Path(p.path).name})
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown(result: dict) -> list[str]:
+    """The benchmark as README/report lines."""
+    c, lv = result["coughs"], result["coughs_by_level"]
+    lines = ["| cough sensitivity | " + " | ".join(f"{k} dB" for k in lv) + " | events per detected cough "
+             "| non-cough sounds with an event | background events per hour | median onset error |",
+             "|---" * (len(lv) + 5) + "|",
+             f"| {_pct(c['share'])} ({c['with_event']}/{c['n']}) | " + " | ".join(_pct(v["share"]) for v in lv.values())
+             + f" | {_pct(result['events_per_detected_cough'])} | {_pct(result['sounds']['share'])} "
+             f"({result['sounds']['with_event']}/{result['sounds']['n']}) | {result['background_events_per_hour']:.1f} "
+             f"| {(result['onset_error_ms'] or {}).get('median', float('nan')):.0f} ms |", ""]
+    lines += ["Non-cough sounds with an event, by class: " + ", ".join(
+        f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["sounds_by_class"].items()), ""]
+    ev, cl = result.get("classifier_on_events") or {}, result.get("classifier_clip_level") or {}
+    if ev:
+        groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
+        lines += ["| classifier ROC-AUC | pooled | " + " | ".join(groups) + " |", "|---" * (len(groups) + 2) + "|",
+                  f"| on published events ({ev['events']}) | {_pct(ev['pooled'])} | "
+                  + " | ".join(_pct(ev["by_group"].get(g, {}).get("roc_auc")) for g in groups) + " |",
+                  f"| clip level, same recordings, every onset window ({cl.get('windows', 0)}) | {_pct(cl.get('pooled'))} | "
+                  + " | ".join(_pct(cl.get("by_group", {}).get(g, {}).get("roc_auc")) for g in groups) + " |", ""]
+    lines.append(f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
+                 f"{result['real_time_factor']:.4f} (this machine, one process).")
+    return lines
+
+
+def write_result(out: Path, result: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text("\n".join(["# Stream benchmark", "", *markdown(result), ""]))
