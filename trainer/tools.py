@@ -29,6 +29,7 @@ def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", 
     Recordings are heard as in training (``pad``, default the model's own): in ``context`` mode the room is
     made of ``background`` (a manifest; default the manifest's own recordings that are not positive).
     """
+    threshold_source = "model" if threshold is None else "flag"
     if model_path.suffix == ".onnx":
         from edge.inference import Classifier
 
@@ -60,7 +61,7 @@ def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", 
     probs = predict(ws.windows)
     groups = [clips[i].column(group_by) for i in ws.clip] if group_by else None
     return {"model": str(model_path), "manifest": str(manifest), "scenes": pad, "windows": int(len(ws.windows)),
-            "recordings_without_onset": ws.unheard, "threshold_source": "model" if threshold is None else "flag",
+            "recordings_without_onset": ws.unheard, "threshold_source": threshold_source,
             **evaluate(probs, ws.targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
 
 
