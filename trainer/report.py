@@ -12,6 +12,9 @@ KNOWN_DATA = {
     "coswara": "Coswara 2020-04-13 (github.com/iiscleap/Coswara-Data), CC BY 4.0. Attribution: \"Coswara — A Database "
                "of Breathing, Cough, and Voice Sounds for COVID-19 Diagnosis\", Sharma et al., Interspeech 2020.",
 }
+SCENES = {"context": "in a room of other recordings of its own split (never its own group), its loudest 10 ms "
+                     "frame {lo:g}-{hi:g} dB above the room's RMS",
+          "zero": "in digital silence", "wrap": "looped"}
 CAVEAT = ("**Not a diagnosis.** This model produces screening signals for research. It has not been "
           "clinically validated; do not use it to make medical decisions.")
 
@@ -93,18 +96,60 @@ def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[
     fig.savefig(out / "training.png", dpi=110)
     plt.close(fig)
 
+    write_report_md(out, report)
+
+
+def write_report_md(out: Path, report: dict) -> None:
+    """report.md from report.json's content (and stream.json's, which leads, when the run has been streamed)."""
     kd = report["results"]["student"].get("distillation_loss", {})
     md = [f"# Run report: {out.name}", "", CAVEAT, "", f"Command: `{report['command']}`", "",
           f"Labels: {report['labels']} (positive: `{report['positive_label']}`). Splits (clips per label): "
           f"`{json.dumps(report['splits'])}`. Parameters: teacher {report['parameters']['teacher']:,}, "
           f"student {report['parameters']['student']:,}.", "",
-          "## Held-out test metrics", "", "Thresholds were chosen on the validation split (Youden's J).", "",
+          *stream_section(out), *windows_note(report),
+          "## Held-out test metrics (onset windows)", "",
+          "Thresholds were chosen on the validation split (Youden's J); each ONNX file is scored at the threshold "
+          "it carries.", "",
           *metrics_table(report["results"]), "",
           f"Distillation loss on test (alpha·T²·KL + (1-alpha)·CE): {kd.get('loss', float('nan')):.4f} "
           f"(KL {kd.get('kl', float('nan')):.4f}, CE {kd.get('ce', float('nan')):.4f}).", "",
           *baselines_section(report), f"ONNX parity with PyTorch on seeded input: max |diff| = {report['onnx_parity']['max_abs_diff']:.2e}.", "",
           "![ROC](roc.png)", "", "![Confusion matrices](confusion.png)", "", "![Training](training.png)", ""]
     (out / "report.md").write_text("\n".join(md))
+
+
+def stream_section(out: Path) -> list[str]:
+    """The run's stream benchmark (``stream.json``, written by `trainer stream --out <run>/stream.json`)."""
+    path = out / "stream.json"
+    if not path.is_file():
+        return ["## On a live stream", "", "Not measured yet: run `trainer stream ... --out "
+                f"{out}/stream.json` (README, \"Measured figures\").", ""]
+    from .stream import markdown
+
+    result = json.loads(path.read_text())
+    return ["## On a live stream (the daemon's own pipeline)", "",
+            "Held-out coughs and other sounds placed at known levels into a room of held-out recordings, run "
+            "through `edge.pipeline.Pipeline` with the exported int8 files at the thresholds they carry "
+            "(README, \"How the stream benchmark counts\").", "", *markdown(result), "",
+            f"Command: `{result.get('command', '')}`", "", "![Stream](stream.png)", ""]
+
+
+def windows_note(report: dict) -> list[str]:
+    w = report.get("windows")
+    if not w:
+        return []
+    pad = report["settings"]["data"].get("pad", "context")
+    return [f"Every window below is one the daemon would cut: at an onset its detector reports for the recording "
+            f"heard in a `{pad}` scene (`trainer/context.py`). Windows per split: "
+            + ", ".join(f"{k} {v['windows']} ({v['recordings_without_onset']} recordings without any onset)"
+                        for k, v in w.items()) + ".", ""]
+
+
+def refresh_documents(out: Path) -> None:
+    """Rewrite report.md and MODEL_CARD.md from report.json (e.g. after `trainer stream` measured the run)."""
+    report = json.loads((out / "report.json").read_text())
+    write_report_md(out, report)
+    write_model_card(out, report)
 
 
 def baselines_section(report: dict) -> list[str]:
@@ -158,17 +203,20 @@ def write_model_card(out: Path, report: dict) -> None:
             "## What it is",
             f"A {s['student']['kind']} student ({report['parameters']['student']:,} parameters) distilled from a "
             f"wav2vec2 teacher ({report['parameters']['teacher']:,} parameters). {teacher_note} Input: "
-            f"{s['data']['window_s']} s of 16 kHz mono audio starting {s['data']['pre_roll_s']} s before a sound's "
+            f"{s['data']['window_s']} s of {s['data'].get('sample_rate', 16000) // 1000} kHz mono audio starting {s['data']['pre_roll_s']} s before a sound's "
             "onset, with the log-mel front end inside the ONNX graph. "
-            f"Output: probabilities for {report['labels']}. In training and evaluation, windows that run past a "
-            "recording's edges were filled by "
-            + ("looping the recording" if s["data"].get("pad", "zero") == "wrap" else "digital silence") + ".", "",
+            f"Output: probabilities for {report['labels']}. In training and evaluation each recording was heard "
+            + SCENES.get(s["data"].get("pad", "zero"), "?").format(lo=s["data"].get("level_min_db", 0),
+                                                                   hi=s["data"].get("level_max_db", 0))
+            + ", and windows were placed at the onsets the "
+            "daemon's own detector reports.", "",
             "## Files", "- `student.onnx`, `student.int8.onnx`: the contract-conforming models the edge daemon loads.",
             "- `student/`, `teacher/`: PyTorch checkpoints (self-describing: `coughwatch.json`).",
             "- `report.md`, `report.json`, plots: the full evaluation.", "",
-            "## Data", *data_attribution(s["data"]["manifest"]), "",
+            "## Data", *data_attribution(s["data"]["manifest"] + "," + s["data"].get("background", "")), "",
             f"Splits are stratified, deduplicated by content hash and group-disjoint: `{json.dumps(report['splits'])}`.",
-            "", "## Held-out test metrics", "", *metrics_table(report["results"]), "",
+            "", *stream_section(out), *windows_note(report),
+            "## Held-out test metrics (onset windows)", "", *metrics_table(report["results"]), "",
             "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
             "corpus; expect lower numbers on other microphones, rooms and populations.", "",
             *baselines_section(report),

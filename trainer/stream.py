@@ -34,8 +34,9 @@ TOLERANCE_AFTER_S = 0.1
 """...and at most this long after the sound's end."""
 EVENT_FRAME_S = 0.01
 EVENT_FLOOR_DB = 25.0
-"""A single event spans the frames within this many dB of its loudest 10 ms frame..."""
-EVENT_GAP_S = 0.15
+"""A single event spans the frames within this many dB of its loudest 10 ms frame, and at least half way (in dB)
+from the recording's noise floor (its 10th-percentile frame) to that frame..."""
+EVENT_GAP_S = 0.1
 """...and ends at the first stretch of this many seconds below that level (a gap between two coughs)."""
 EVENT_MAX_S = 1.5
 """An event is cut at this length."""
@@ -122,13 +123,14 @@ def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
     (at most 0.3 s back), and forward until ``EVENT_GAP_S`` of frames below that level or ``EVENT_MAX_S``. A
     cough's explosive, intermediate and voiced phases follow each other without such a gap, so they stay
     one event; the next cough of a bout starts after one, so it is not part of it. Two coughs less than
-    0.15 s apart would count as one.
+    0.1 s apart would count as one.
     """
     frame = round(EVENT_FRAME_S * sample_rate)
     n = max(1, audio.size // frame)
     energy = 10 * np.log10(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
     peak = int(energy.argmax())
-    loud = energy >= energy[peak] - EVENT_FLOOR_DB
+    floor = float(np.percentile(energy, 10))
+    loud = energy >= max(energy[peak] - EVENT_FLOOR_DB, (floor + energy[peak]) / 2)
     first = peak
     while first > 0 and loud[first - 1] and peak - first < round(0.3 / EVENT_FRAME_S):
         first -= 1
@@ -402,6 +404,36 @@ def markdown(result: dict) -> list[str]:
 
 
 def write_result(out: Path, result: dict) -> None:
+    """``out`` (JSON), a .md and a .png next to it; a run folder's report.md and MODEL_CARD.md lead with it."""
+    from .report import CAVEAT, refresh_documents
+
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text("\n".join(["# Stream benchmark", "", *markdown(result), ""]))
+    out.with_suffix(".md").write_text("\n".join(["# Stream benchmark", "", CAVEAT, "", *markdown(result), "",
+                                                 f"Command: `{result.get('command', '')}`", ""]))
+    plot(result, out.with_suffix(".png"))
+    if out.name == "stream.json" and (out.parent / "report.json").is_file():
+        refresh_documents(out.parent)
+
+
+def plot(result: dict, path: Path) -> None:
+    """Sensitivity by level and the share of non-cough sounds that raise an event, by class."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    levels = result["coughs_by_level"]
+    axes[0].bar(list(levels), [v["share"] or 0 for v in levels.values()], color="tab:blue")
+    axes[0].axhline(0.9, color="k", ls=":", lw=0.8)
+    axes[0].set(xlabel="cough level over the room (dB, loudest 10 ms frame vs RMS)", ylabel="sensitivity",
+                ylim=(0, 1.05), title=f"Coughs heard (events per detected cough "
+                                      f"{result['events_per_detected_cough'] or 0:.2f})")
+    classes = result["sounds_by_class"]
+    axes[1].bar(list(classes), [v["share"] or 0 for v in classes.values()], color="tab:red")
+    axes[1].set(ylabel="share with an event", ylim=(0, 1.05),
+                title=f"Other sounds taken for coughs; {result['background_events_per_hour']:.1f} room events/h")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
