@@ -1,8 +1,8 @@
 """Fault test: broker stopped and restarted three times during a stream, the daemon SIGKILLed once and
 restarted on the same outbox. Every event id the daemon logged must reach the subscriber, none twice.
 
-    python bench/make_stream.py --minutes 5 --out /tmp/s5.flac
-    python bench/fault.py /tmp/s5.flac
+    trainer stream --config bench/stream.toml --audio /tmp/stream.flac   # the held-out benchmark stream
+    python bench/fault.py /tmp/stream.flac
 
 The stream goes to `edge run --source -` as s16le PCM at --speed times real time, so faults land
 mid-stream. The subscriber is a raw paho client with a persistent session (the broker keeps its

@@ -1,6 +1,6 @@
 """Latency from the end of a cough window to the broker's PUBACK, through a real mosquitto on loopback.
 
-    python bench/mqtt_latency.py [recording.flac]
+    python bench/mqtt_latency.py [recording.flac]   # e.g. the stream of `trainer stream --audio F`
 
 Runs the daemon's own pipeline and MQTT sink in-process, feeding the recording in 100 ms chunks
 paced at 10x real time, and reports per event: processing latency (window complete -> event ready,
