@@ -42,6 +42,8 @@ class ModelSpec:
     """``cnn`` only: channels of the conv blocks."""
     pooling: str = "mean"
     """``cnn`` only: ``mean`` over frequency and time, or ``meanstd`` (time mean and standard deviation too)."""
+    classes: str = ""
+    """``onnx-tagger`` only: the tagger's class names that make up the positive label."""
     band_stats: bool = False
     """``cnn`` only: the head also sees each mel band's mean and standard deviation over time of the log-mel
     input (the classical reference's features), batch-normalised: a skip path past the conv blocks."""
@@ -143,9 +145,18 @@ TEACHER_PRESETS = {
 
 
 def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                  pre_roll_samples: int, pad: str = "context", sample_rate: int = 16000) -> HfAudioClassifier:
-    """A teacher from ``preset:<tiny|small|base>``, a hub id or a local ``save_pretrained`` folder."""
+                  pre_roll_samples: int, pad: str = "context", sample_rate: int = 16000, classes: str = "Cough"):
+    """A teacher from ``preset:<tiny|small|base>``, a hub id, a local ``save_pretrained`` folder or ``onnx:PATH``."""
     from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2Config
+
+    from .tagger import PREFIX, OnnxTagger, is_tagger
+
+    if is_tagger(source):
+        tagger = OnnxTagger(source[len(PREFIX):], labels, positive_label, classes, sample_rate)
+        tagger.spec = ModelSpec(kind="onnx-tagger", labels=labels, positive_label=positive_label,
+                                sample_rate=sample_rate, window_samples=window_samples,
+                                pre_roll_samples=pre_roll_samples, pad=pad, source=source, classes=classes)
+        return tagger
 
     id2label = dict(enumerate(labels))
     label2id = {v: k for k, v in id2label.items()}
@@ -225,13 +236,16 @@ def build_w2v_small(teacher: HfAudioClassifier, layers: int = 2) -> HfAudioClass
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Trainable and frozen weights; an ONNX tagger counts its graph's initializers."""
+    return getattr(model, "n_parameters", None) or sum(p.numel() for p in model.parameters())
 
 
 def save_checkpoint(model: nn.Module, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / SPEC_FILE).write_text(model.spec.to_json())
+    if model.spec.kind == "onnx-tagger":
+        return folder  # the spec names the tagger's file; there are no weights of ours to save
     if isinstance(model, HfAudioClassifier):
         model.model.save_pretrained(folder)
     else:
@@ -249,6 +263,10 @@ def load_checkpoint(folder: str | Path) -> nn.Module:
     if spec.kind == "cnn":
         model: nn.Module = CnnStudent(spec)
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    elif spec.kind == "onnx-tagger":
+        model = build_teacher(spec.source, spec.labels, spec.positive_label, window_samples=spec.window_samples,
+                              pre_roll_samples=spec.pre_roll_samples, pad=spec.pad, sample_rate=spec.sample_rate,
+                              classes=spec.classes)
     elif spec.kind == "hf":
         from transformers import AutoModelForAudioClassification
 

@@ -115,10 +115,11 @@ def _portable(path: Path) -> str:
 
 def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict):
     teacher = build_teacher(s.teacher.source, rd.labels, rd.positive, window_samples=rd.window,
-                            pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate)
+                            pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
+                            classes=s.teacher.classes)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
-    if freeze:
+    if freeze and hasattr(teacher, "model"):
         teacher.model.freeze_feature_encoder()
     history = []
     if s.teacher.epochs:

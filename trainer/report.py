@@ -12,6 +12,8 @@ KNOWN_DATA = {
     "coswara": "Coswara 2020-04-13 (github.com/iiscleap/Coswara-Data), CC BY 4.0. Attribution: \"Coswara — A Database "
                "of Breathing, Cough, and Voice Sounds for COVID-19 Diagnosis\", Sharma et al., Interspeech 2020.",
 }
+TAGGERS = {"yamnet": "YAMNet (tensorflow/models research/audioset/yamnet, AudioSet, 521 classes), Copyright The "
+                     "TensorFlow Authors, Apache License 2.0; converted to ONNX (format conversion only)."}
 SCENES = {"context": "in a room of other recordings of its own split (never its own group), its loudest 10 ms "
                      "frame {lo:g}-{hi:g} dB above the room's RMS",
           "zero": "in digital silence", "wrap": "looped"}
@@ -196,13 +198,19 @@ def data_attribution(manifests: str) -> list[str]:
 def write_model_card(out: Path, report: dict) -> None:
     s = report["settings"]
     preset = s["teacher"]["source"].startswith("preset:")
+    tagger = s["teacher"]["source"].startswith("onnx:")
     teacher_note = (f"The teacher was built from the `{s['teacher']['source']}` configuration with random weights and "
                     "trained on this data only (no pretrained wav2vec2 weights were available where it was trained)."
-                    if preset else f"The teacher was fine-tuned from `{s['teacher']['source']}`.")
+                    if preset else
+                    f"The teacher is the pretrained audio tagger `{s['teacher']['source']}`, used frozen: the highest of "
+                    f"its `{s['teacher'].get('classes', '')}` scores over the window is the probability of "
+                    f"`{report['positive_label']}`. " + TAGGERS.get("yamnet" if "yamnet" in s["teacher"]["source"] else "",
+                                                              "Check its licence before sharing this model.")
+                    if tagger else f"The teacher was fine-tuned from `{s['teacher']['source']}`.")
     card = [f"# Model card: {out.name}", "", CAVEAT, "",
             "## What it is",
             f"A {s['student']['kind']} student ({report['parameters']['student']:,} parameters) distilled from a "
-            f"wav2vec2 teacher ({report['parameters']['teacher']:,} parameters). {teacher_note} Input: "
+            f"{'pretrained tagger' if tagger else 'wav2vec2'} teacher ({report['parameters']['teacher']:,} parameters). {teacher_note} Input: "
             f"{s['data']['window_s']} s of {s['data'].get('sample_rate', 16000) // 1000} kHz mono audio starting {s['data']['pre_roll_s']} s before a sound's "
             "onset, with the log-mel front end inside the ONNX graph. "
             f"Output: probabilities for {report['labels']}. In training and evaluation each recording was heard "

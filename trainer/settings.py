@@ -56,7 +56,10 @@ class DataSettings:
 @dataclass(frozen=True)
 class TeacherSettings:
     source: str = "facebook/wav2vec2-base"
-    """Hub id, local save_pretrained folder, or ``preset:tiny|small|base`` (random init)."""
+    """Hub id, local save_pretrained folder, ``preset:tiny|small|base`` (random init), or ``onnx:PATH``: a
+    pretrained ONNX audio tagger used frozen (e.g. ``onnx:../shared/teachers/yamnet/yamnet.onnx``)."""
+    classes: str = "Cough"
+    """``onnx:`` teachers only: the tagger's class names whose highest score is the positive label's probability."""
     epochs: int = 10
     """Fine-tuning epochs (0 = use the teacher as loaded)."""
     lr: float = 0.0
@@ -145,6 +148,10 @@ class Settings:
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),
             (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),
+            (not t.source.startswith("onnx:") or t.epochs == 0, "teacher.epochs", t.epochs,
+             "must be 0 for an onnx: teacher (a tagger is used frozen)"),
+            (not t.source.startswith("onnx:") or s.kind == "cnn", "student.kind", s.kind,
+             "must be cnn for an onnx: teacher (w2v-small copies a wav2vec2 teacher's layers)"),
             (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),
             (s.pooling in ("mean", "meanstd"), "student.pooling", s.pooling, "must be mean or meanstd"),
             (1000 <= s.f_max_hz <= d.sample_rate / 2, "student.f_max_hz", s.f_max_hz,

@@ -1,0 +1,78 @@
+"""A pretrained ONNX audio tagger as a frozen teacher (``--teacher onnx:PATH``), on a tiny real ONNX tagger."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def tagger(tmp_path_factory):
+    """A real ONNX file shaped like YAMNet: ``waveform [1, 1600]`` -> ``scores [1, 3]`` (Speech, Cough, Sneeze)."""
+
+    class Tiny(torch.nn.Module):
+        def forward(self, waveform):
+            peak = waveform.abs().amax(dim=1, keepdim=True)
+            return torch.sigmoid(torch.cat([10 * peak - 1, 20 * peak - 2, -peak], dim=1))
+
+    folder = tmp_path_factory.mktemp("tagger")
+    torch.onnx.export(Tiny(), (torch.zeros(1, 1600),), str(folder / "tiny.onnx"), input_names=["waveform"],
+                      output_names=["scores"], opset_version=17, dynamo=False)
+    (folder / "class_map.csv").write_text("index,mid,display_name\n0,/m/a,Speech\n1,/m/b,Cough\n2,/m/c,Sneeze\n")
+    return folder / "tiny.onnx"
+
+
+def test_tagger_slides_over_the_window_and_maps_its_classes_onto_our_labels(tagger):
+    from trainer.models import build_teacher
+
+    teacher = build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000,
+                            pre_roll_samples=1000, classes="Cough")
+    x = np.zeros((2, 4000), dtype=np.float32)
+    x[0, 3500] = 0.2  # only the last position (2400..4000) holds it
+    scores = teacher.class_scores(x)
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    # each class's highest score over the positions: Sneeze (falls with the peak) is highest where it is silent
+    np.testing.assert_allclose(scores[0], sig(np.array([10 * 0.2 - 1, 20 * 0.2 - 2, 0.0])), rtol=1e-5)
+    np.testing.assert_allclose(scores[1], sig(np.array([-1.0, -2.0, 0.0])), rtol=1e-5)
+    probs = torch.softmax(teacher(torch.from_numpy(x)), -1).numpy()
+    np.testing.assert_allclose(probs[:, 0], scores[:, 1], rtol=1e-5)  # P(cough) = the tagger's Cough score
+    with pytest.raises(ValueError, match="unknown: \\['Laughing'\\]"):
+        build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
+                      classes="Laughing")
+    with pytest.raises(ValueError, match="hears 16000 Hz audio but data.sample_rate is 8000 Hz"):
+        build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
+                      sample_rate=8000)
+
+
+def test_tagger_settings_are_checked():
+    from trainer.settings import DataSettings, Settings, StudentSettings, TeacherSettings
+
+    with pytest.raises(ValueError, match="teacher.epochs = 3 must be 0 for an onnx: teacher"):
+        Settings(data=DataSettings(manifest="x"), teacher=TeacherSettings(source="onnx:y.onnx", epochs=3)).validate()
+    with pytest.raises(ValueError, match="student.kind = 'w2v-small' must be cnn for an onnx: teacher"):
+        Settings(data=DataSettings(manifest="x"), teacher=TeacherSettings(source="onnx:y.onnx", epochs=0),
+                 student=StudentSettings(kind="w2v-small")).validate()
+
+
+@pytest.mark.slow
+def test_distill_from_a_frozen_tagger(tagger, tmp_path):
+    from trainer.__main__ import main
+    from trainer.models import count_parameters, load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", f"onnx:{tagger}", "--teacher-epochs",
+                 "0", "--student-epochs", "1", "--student-widths", "4,8", "--data-val-fraction", "0.25",
+                 "--data-test-fraction", "0.25", "--run-bootstrap", "10", "--data-background",
+                 str(DATA / "room-sample"), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["teacher"]["source"] == f"onnx:{tagger}"
+    assert report["history"]["teacher"] == [] and {"kl", "ce"} <= set(report["history"]["student"][0])
+    teacher = load_checkpoint(out / "teacher")
+    assert teacher.spec.kind == "onnx-tagger" and teacher.spec.classes == "Cough"
+    assert count_parameters(teacher) == report["parameters"]["teacher"]
+    assert "used frozen" in (out / "MODEL_CARD.md").read_text()

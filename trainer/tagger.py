@@ -1,0 +1,93 @@
+"""Pretrained ONNX audio taggers as frozen teachers: ``--teacher onnx:PATH`` (e.g. YAMNet, AudioSet's 521 classes).
+
+A tagger takes a fixed window of waveform (its first input, ``[1, samples]``) and returns independent class
+scores in [0, 1] (an output named ``scores``, else its first output). The adapter slides that window over
+ours with a hop of half its length (and once more at the end), keeps each class's highest score over the
+positions, and maps classes onto our labels: the positive label's probability is the highest score among
+its ``--teacher-classes`` (e.g. ``Cough``); the other labels share the rest. Class names come from a
+``class_map.csv`` (``index,mid,display_name``, as YAMNet ships it) beside the model file.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+PREFIX = "onnx:"
+TAGGER_RATE = 16000
+"""Sample rate of the taggers this adapter knows (YAMNet: 16 kHz)."""
+
+
+def is_tagger(source: str) -> bool:
+    return source.startswith(PREFIX)
+
+
+def read_class_names(model: Path) -> list[str]:
+    path = model.with_name("class_map.csv")
+    if not path.is_file():
+        raise FileNotFoundError(f"{model}: no class_map.csv beside it (index,mid,display_name), so its classes "
+                                "cannot be named")
+    with path.open(newline="") as fh:
+        return [row["display_name"] for row in csv.DictReader(fh)]
+
+
+class OnnxTagger(nn.Module):
+    """A frozen tagger with the teacher interface: ``[batch, samples]`` audio -> logits over our labels."""
+
+    def __init__(self, path: str | Path, labels: tuple[str, ...], positive_label: str, classes: str,
+                 sample_rate: int) -> None:
+        super().__init__()
+        from edge.inference import make_session
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"teacher {PREFIX}{path}: no such ONNX file")
+        if sample_rate != TAGGER_RATE:
+            raise ValueError(f"teacher {PREFIX}{path} hears {TAGGER_RATE} Hz audio but data.sample_rate is "
+                             f"{sample_rate} Hz")
+        self.class_names = read_class_names(self.path)
+        wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in self.class_names]
+        if not wanted or unknown:
+            raise ValueError(f"teacher.classes = {classes!r}: give the tagger's class names for "
+                             f"{positive_label!r}, comma-separated; unknown: {unknown}; e.g. 'Cough'")
+        self.positive_columns = [self.class_names.index(c) for c in wanted]
+        self.labels, self.positive = labels, labels.index(positive_label)
+        self.session = make_session(self.path)
+        first = self.session.get_inputs()[0]
+        self.input_name, self.window = first.name, int(first.shape[-1])
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = "scores" if "scores" in outputs else outputs[0]
+        digest = hashlib.sha256(self.path.read_bytes()).digest()
+        self.register_buffer("file_sha256", torch.tensor(list(digest), dtype=torch.uint8))
+        import onnx
+
+        model = onnx.load(str(self.path))
+        self.n_parameters = int(sum(np.prod(t.dims) for t in model.graph.initializer))
+
+    def class_scores(self, audio: np.ndarray) -> np.ndarray:
+        """``[batch, n_classes]``: each class's highest score over the tagger's positions in each window."""
+        audio = np.asarray(audio, dtype=np.float32)
+        n = audio.shape[1]
+        if n < self.window:
+            audio = np.pad(audio, ((0, 0), (0, self.window - n)))
+            n = self.window
+        starts = sorted(set(range(0, n - self.window + 1, self.window // 2)) | {n - self.window})
+        out = np.zeros((audio.shape[0], len(self.class_names)), dtype=np.float32)
+        for b in range(audio.shape[0]):
+            for s in starts:
+                scores = self.session.run([self.output_name], {self.input_name: audio[b:b + 1, s:s + self.window]})[0]
+                out[b] = np.maximum(out[b], scores.reshape(-1))
+        return out
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        scores = self.class_scores(audio.detach().float().cpu().numpy())
+        p = np.clip(scores[:, self.positive_columns].max(axis=1), 1e-6, 1 - 1e-6)
+        probs = np.empty((len(p), len(self.labels)), dtype=np.float32)
+        probs[:] = ((1 - p) / max(1, len(self.labels) - 1))[:, None]
+        probs[:, self.positive] = p
+        return torch.from_numpy(np.log(probs)).to(audio.device)
