@@ -230,7 +230,8 @@ def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
     sets = {k: WindowSet(np.stack([c.audio[o:o + sr // 4] for c in v for o in (0, sr // 4)]),
                          np.repeat(np.arange(len(v)), 2), np.repeat([c.label == "negative" for c in v], 2).astype(int))
             for k, v in parts.items()}
-    out = run_baselines(parts, sets, "positive", sample_rate=sr, group_by="source", bootstrap=0)
+    out = run_baselines(parts, sets, "positive", labels=("positive", "negative"), sample_rate=sr, group_by="source",
+                        bootstrap=0)
     assert set(out) == {"classical (recording)", "classical (window)", "source only", "duration only"}
     assert out["source only"]["pooled"]["roc_auc"] == 1.0
     assert out["duration only"]["pooled"]["roc_auc"] == 1.0

@@ -206,3 +206,23 @@ def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_p
     with pytest.raises(ValueError, match="pretrained on 16000 Hz audio but data.sample_rate is 8000 Hz"):
         build_teacher(str(tmp_path / "w2v"), ("a", "b"), "a", window_samples=8000, pre_roll_samples=2000,
                       sample_rate=8000)
+
+
+def test_room_onsets_become_windows_of_the_rooms_label_only_when_asked():
+    from trainer.context import ContextSettings, SceneMaker
+    from trainer.train import evaluation_windows, training_windows
+
+    coughs, room = _clips(DATA / "covid-sample", 3), _clips(DATA / "room-sample")
+    for c in coughs:
+        c.label = "cough"
+    maker = SceneMaker(ContextSettings(level_min_db=10, level_max_db=10), room, RATE)
+    kw = dict(window=RATE, pre_roll=RATE // 4, seed=0)
+    plain = evaluation_windows(coughs, maker, ("cough", "not_cough"), split="val", progress=False, **kw)
+    with_room = evaluation_windows(coughs, maker, ("cough", "not_cough"), split="val", room_label="not_cough",
+                                   progress=False, **kw)
+    assert set(plain.targets) == {0}
+    extra = len(with_room.windows) - len(plain.windows)
+    assert extra > 0 and (with_room.targets == 1).sum() == extra, "the room's own onsets, labelled as the room"
+    train = training_windows(coughs, maker, ("cough", "not_cough"), per_clip=2, room_label="not_cough",
+                             progress=False, **kw)
+    assert (train.targets == 0).sum() <= 6 and 1 <= (train.targets == 1).sum() <= 6

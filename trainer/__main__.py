@@ -19,6 +19,15 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
 
     cmd = config.build(StreamCommand, file=args.config, args=args)
     m = cmd.model
+    if args.choose_detector_threshold:
+        from .stream import choose_detector_threshold
+
+        chosen = choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier))
+        chosen["command"] = "trainer " + shlex.join(argv)
+        print(json.dumps(chosen["chosen"], indent=2))
+        if args.out:
+            args.out.write_text(json.dumps(chosen, indent=2))
+        return
     result = run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                         detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold)
     result["command"] = "trainer " + shlex.join(argv)
@@ -70,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     config.add_arguments(p, StreamCommand)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (and a .md next to it)")
     p.add_argument("--audio", type=Path, default=None, help="also write the stream as FLAC, truth as <audio>.truth.csv")
+    p.add_argument("--choose-detector-threshold", action="store_true",
+                   help="on a validation stream (--stream-split val): sweep the detector's threshold, write the most "
+                        "sensitive one within --stream-max-false-per-hour into the detector file")
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

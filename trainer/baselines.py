@@ -53,20 +53,21 @@ def fit_logistic(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[di
     return {k: clf.predict_proba(x[k])[:, 1] for k in ("val", "test")}, c
 
 
-def run_baselines(parts: dict[str, list[Clip]], sets: dict, positive_label: str, *, sample_rate: int,
-                  group_by: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
+def run_baselines(parts: dict[str, list[Clip]], sets: dict, positive_label: str, *, labels: tuple[str, ...],
+                  sample_rate: int, group_by: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
     """Each baseline's test metrics (as :func:`trainer.evaluate.evaluate` returns them) plus its test scores.
 
     ``sets`` holds the models' evaluation windows for every split (``train``, ``val``, ``test``:
     :class:`trainer.train.WindowSet`); a baseline that scores whole recordings gives each window its
-    recording's score, so every row is scored on the same windows as the models.
+    recording's score (a window at an onset of the room around it too), so every row is scored on the same
+    windows as the models, with the same labels.
     """
     from sklearn.metrics import roc_auc_score
 
     def per_window(k: str, values) -> np.ndarray:
         return np.asarray(values)[sets[k].clip]
 
-    y = {k: per_window(k, [c.label == positive_label for c in v]) for k, v in parts.items()}
+    y = {k: sets[k].targets == labels.index(positive_label) for k in parts}
     groups = list(per_window("test", [c.column(group_by) for c in parts["test"]])) if group_by else None
     scores: dict[str, tuple[dict[str, np.ndarray], dict]] = {}
 

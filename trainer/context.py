@@ -154,8 +154,13 @@ class SceneMaker:
 
     def anchors(self, scene: Scene) -> list[int]:
         """Onsets the daemon's detector reports that belong to the recording."""
-        return [s.onset for s in find_sounds(scene.audio, self.s.sample_rate, self.s.onset)
-                if scene.start - self.tolerance <= s.onset < scene.end]
+        return self.split_anchors(scene)[0]
+
+    def split_anchors(self, scene: Scene) -> tuple[list[int], list[int]]:
+        """The onsets the daemon's detector reports in the scene: those of the recording, and those of the room."""
+        onsets = [s.onset for s in find_sounds(scene.audio, self.s.sample_rate, self.s.onset)]
+        own = [o for o in onsets if scene.start - self.tolerance <= o < scene.end]
+        return own, [o for o in onsets if o not in own] if self.s.mode == "context" else []
 
     def windows(self, scene: Scene, anchors: list[int], window_samples: int, pre_roll_samples: int) -> np.ndarray:
         out = np.zeros((len(anchors), window_samples), dtype=np.float32)

@@ -96,13 +96,21 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
                 fh.writelines(f"{name},{_portable(c.path)},{c.label},{c.group},{c.sha256}\n" for c in part)
     pools = background_pools(s, parts, positive, progress)
     makers = {k: SceneMaker(context_settings(s), pools[k], window) for k in parts}
-    common = dict(window=window, pre_roll=pre_roll, seed=s.run.seed, progress=progress)
+    common = dict(window=window, pre_roll=pre_roll, seed=s.run.seed, progress=progress,
+                  room_label=room_label(s, labels, positive))
     sets = {k: evaluation_windows(parts[k], makers[k], labels, split=k, **common) for k in parts}
     train = training_windows(parts["train"], makers["train"], labels, per_clip=s.data.crops_per_clip, **common)
     for k, ws in sets.items():
         log.info("%s: %d windows from %d recordings; %d recordings without any onset", k, len(ws.windows),
                  len(parts[k]), ws.unheard)
     return RunData(labels, positive, parts, sets, train, window, pre_roll)
+
+
+def room_label(s: Settings, labels: tuple[str, ...], positive: str) -> str:
+    """The label of windows at the room's own onsets, or "" when they get none (see ``data.room_windows``)."""
+    if not (s.data.room_windows and s.data.pad == "context" and not s.data.background and len(labels) == 2):
+        return ""
+    return next(label for label in labels if label != positive)
 
 
 def _portable(path: Path) -> str:
@@ -223,7 +231,7 @@ def evaluate_run(s: Settings, rd: RunData, teacher, student, out: Path, command:
     results["student"]["distillation_loss"] = distillation_loss(
         logits["student"]["test"], logits["teacher"]["test"], test.targets, alpha=s.kd.alpha,
         temperature=s.kd.temperature)
-    baselines = run_baselines(rd.parts, rd.sets, rd.positive, sample_rate=s.data.sample_rate,
+    baselines = run_baselines(rd.parts, rd.sets, rd.positive, labels=rd.labels, sample_rate=s.data.sample_rate,
                               group_by=s.data.group_by, bootstrap=s.run.bootstrap, seed=s.run.seed)
     baseline_scores = {name: b.pop("test_scores") for name, b in baselines.items()}
     summary = {"roc_auc": results["student"]["pooled"]["roc_auc"],

@@ -41,6 +41,10 @@ class DataSettings:
     """Lowest level of a recording's loudest 10 ms frame over the room's RMS, in dB (drawn uniformly)."""
     level_max_db: float = 35.0
     """Highest such level, in dB."""
+    room_windows: bool = True
+    """In ``context`` scenes whose room is the run's own recordings that are not positive (no ``background``),
+    also train, select and test on windows at the room's own onsets, labelled with the run's other label: the
+    daemon cuts those windows too (two labels only)."""
     context_before_s: float = 3.0
     """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15

@@ -12,6 +12,7 @@ against the truth (:func:`score_stream`).
 from __future__ import annotations
 
 import csv
+import math
 import json
 import logging
 import time
@@ -72,8 +73,12 @@ class StreamSettings:
     """Share of the non-cough recordings' groups that make the room instead of being placed."""
     group_by: str = "source"
     """Column whose values the classifier's ROC-AUC is also reported for."""
+    max_false_per_hour: float = 10.0
+    """With ``--choose-detector-threshold``: the most background events per hour the chosen threshold may raise."""
 
     def validate(self) -> "StreamSettings":
+        if not math.isfinite(self.max_false_per_hour) or self.max_false_per_hour < 0:
+            raise ValueError(f"stream.max_false_per_hour = {self.max_false_per_hour} must be a finite number >= 0")
         if not self.coughs:
             raise ValueError("stream.coughs is required (--stream-coughs MANIFEST)")
         if not self.sounds:
@@ -338,10 +343,7 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     from edge.inference import Classifier
 
     s.validate()
-    rate = Classifier(detector).info.sample_rate
-    cough_labels = {x for x in s.cough_labels.split(",") if x}
-    coughs = held_out(s.coughs, s.cough_labels, s, rate)
-    sounds = held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels)
+    coughs, sounds, rate = _held_out_audio(s, detector)
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
     log.info("stream: %.1f min, %d coughs and %d other sounds placed", stream.size / rate / 60,
              sum(p.kind == "cough" for p in truth), sum(p.kind == "sound" for p in truth))
@@ -358,6 +360,44 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
                                        "sha256": cls.sha256, "positive_label": cls.info.positive_label}}
     result["settings"] = asdict(s)
     return result
+
+
+def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path) -> dict:
+    """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
+    whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file."""
+    from .export import set_threshold
+
+    s.validate()
+    if s.split != "val":
+        raise ValueError("--choose-detector-threshold selects on the validation split only: add --stream-split val")
+    coughs, sounds, rate = _held_out_audio(s, detector)
+    stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
+    events, _, _, _ = run_daemon_pipeline(detector, classifier, stream, detector_threshold=0.0)
+    table = []
+    for t in np.round(np.arange(0.05, 1.0, 0.01), 2):
+        m = score_stream(truth, [e for e in events if e.cough_score >= t], stream.size, rate, levels=s.levels)
+        table.append({"threshold": float(t), "sensitivity": m["coughs"]["share"],
+                      "background_events_per_hour": m["background_events_per_hour"],
+                      "events_per_detected_cough": m["events_per_detected_cough"],
+                      "sounds_with_event": m["sounds"]["share"]})
+    ok = [r for r in table if r["background_events_per_hour"] <= s.max_false_per_hour]
+    if not ok:
+        raise ValueError(f"no detector threshold keeps the validation stream within {s.max_false_per_hour} background "
+                         "events per hour")
+    best = max(ok, key=lambda r: (r["sensitivity"], -r["threshold"]))
+    set_threshold(detector, best["threshold"])
+    log.info("detector threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
+             best["threshold"], detector, best["sensitivity"], best["background_events_per_hour"])
+    return {"chosen": best, "sweep": table, "settings": asdict(s)}
+
+
+def _held_out_audio(s: StreamSettings, detector: Path) -> tuple:
+    from edge.inference import Classifier
+
+    rate = Classifier(detector).info.sample_rate
+    cough_labels = {x for x in s.cough_labels.split(",") if x}
+    return (held_out(s.coughs, s.cough_labels, s, rate), held_out(s.sounds, s.sound_labels, s, rate,
+                                                                     exclude=cough_labels), rate)
 
 
 def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:

@@ -43,20 +43,26 @@ class WindowSet:
         return [hashlib.sha1(w.tobytes()).hexdigest() for w in self.windows]
 
 
-def _collect(pieces: list[tuple[int, np.ndarray]], clips: list[Clip], labels: tuple[str, ...], window: int,
-             unheard: int) -> WindowSet:
+def _collect(pieces: list[tuple[int, np.ndarray, np.ndarray]], window: int, unheard: int) -> WindowSet:
+    """``pieces``: (recording index, windows, class index of each window)."""
     if not pieces:
         raise ManifestError("the onset detector found no sound in any recording of this split")
-    idx = np.array([i for i, _ in pieces])
-    return WindowSet(np.concatenate([w for _, w in pieces]).reshape(-1, window),
-                     np.repeat(idx, [len(w) for _, w in pieces]),
-                     np.repeat(np.array([labels.index(clips[i].label) for i in idx]), [len(w) for _, w in pieces]),
-                     unheard)
+    return WindowSet(np.concatenate([w for _, w, _ in pieces]).reshape(-1, window),
+                     np.concatenate([np.full(len(w), i) for i, w, _ in pieces]),
+                     np.concatenate([t for _, _, t in pieces]), unheard)
+
+
+def _piece(i: int, clip: Clip, maker: SceneMaker, scene, own: list[int], room: list[int], labels: tuple[str, ...],
+           room_label: str, window: int, pre_roll: int) -> tuple[int, np.ndarray, np.ndarray]:
+    room = room if room_label else []
+    targets = np.array([labels.index(clip.label)] * len(own) + [labels.index(room_label or clip.label)] * len(room))
+    return i, maker.windows(scene, own + room, window, pre_roll), targets
 
 
 def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
-                     pre_roll: int, seed: int, progress: bool = True) -> WindowSet:
-    """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each."""
+                     pre_roll: int, seed: int, room_label: str = "", progress: bool = True) -> WindowSet:
+    """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each, and
+    with ``room_label`` one window at an onset of the room too (labelled so: the daemon cuts those as well)."""
     from tqdm import tqdm
 
     pieces, unheard = [], 0
@@ -65,28 +71,31 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
         for k in range(per_clip):
             rng = seeded_rng(seed, "train", clip.sha256, k)
             scene = maker.scene(clip, rng)
-            anchors = maker.anchors(scene)
-            if anchors:
+            own, room = maker.split_anchors(scene)
+            pick = lambda xs: [xs[int(rng.integers(len(xs)))]] if xs else []  # noqa: E731
+            if own:
                 heard = True
-                pieces.append((i, maker.windows(scene, [anchors[int(rng.integers(len(anchors)))]], window, pre_roll)))
+            if own or (room and room_label):
+                pieces.append(_piece(i, clip, maker, scene, pick(own), pick(room), labels, room_label, window,
+                                     pre_roll))
         unheard += not heard
-    return _collect(pieces, clips, labels, window, unheard)
+    return _collect(pieces, window, unheard)
 
 
 def evaluation_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, window: int, pre_roll: int,
-                       seed: int, split: str, progress: bool = True) -> WindowSet:
-    """One seeded scene per recording; the window of every onset the daemon's detector reports in it."""
+                       seed: int, split: str, room_label: str = "", progress: bool = True) -> WindowSet:
+    """One seeded scene per recording; the window of every onset the daemon's detector reports in it (the room's
+    onsets too, labelled ``room_label``, when given)."""
     from tqdm import tqdm
 
     pieces, unheard = [], 0
     for i, clip in enumerate(tqdm(clips, desc=f"{split} windows", unit="clip", disable=not progress)):
         scene = maker.scene(clip, seeded_rng(seed, split, clip.sha256))
-        anchors = maker.anchors(scene)
-        if anchors:
-            pieces.append((i, maker.windows(scene, anchors, window, pre_roll)))
-        else:
-            unheard += 1
-    return _collect(pieces, clips, labels, window, unheard)
+        own, room = maker.split_anchors(scene)
+        unheard += not own
+        if own or (room and room_label):
+            pieces.append(_piece(i, clip, maker, scene, own, room, labels, room_label, window, pre_roll))
+    return _collect(pieces, window, unheard)
 
 
 class CropDataset(Dataset):
