@@ -22,8 +22,9 @@ def _check_mic(s: EdgeSettings) -> list[str]:
     import numpy as np
 
     from .audio import MicSource
+    from .inference import Classifier
 
-    mic = MicSource(s.mic, 16000)
+    mic = MicSource(s.mic, Classifier(s.model.detector, s.model.threads).info.sample_rate)  # the models' rate
     if mic.last_error:
         raise RuntimeError(f"the microphone cannot be opened: {mic.last_error}")
     try:

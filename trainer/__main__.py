@@ -26,7 +26,10 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
         chosen["command"] = "trainer " + shlex.join(argv)
         print(json.dumps(chosen["chosen"], indent=2))
         if args.out:
+            from .stream import plot_sweep
+
             args.out.write_text(json.dumps(chosen, indent=2))
+            plot_sweep(chosen, args.out.with_suffix(".png"))
         return
     result = run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                         detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold)

@@ -365,6 +365,8 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
 def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path) -> dict:
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
     whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file."""
+    from edge.inference import Classifier
+
     from .export import set_threshold
 
     s.validate()
@@ -385,10 +387,31 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         raise ValueError(f"no detector threshold keeps the validation stream within {s.max_false_per_hour} background "
                          "events per hour")
     best = max(ok, key=lambda r: (r["sensitivity"], -r["threshold"]))
+    before = Classifier(detector).info.threshold
     set_threshold(detector, best["threshold"])
     log.info("detector threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
              best["threshold"], detector, best["sensitivity"], best["background_events_per_hour"])
-    return {"chosen": best, "sweep": table, "settings": asdict(s)}
+    return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
+
+
+def plot_sweep(result: dict, path: Path) -> None:
+    """The detector's operating curve on the validation stream: sensitivity against background events per hour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["sweep"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.plot([r["background_events_per_hour"] for r in rows], [r["sensitivity"] for r in rows], "-o", ms=2)
+    for r in rows:
+        if abs(r["threshold"] - result["previous_threshold"]) < 0.005 or r == result["chosen"]:
+            ax.annotate(f"{r['threshold']:.2f}", (r["background_events_per_hour"], r["sensitivity"]), fontsize=7)
+    ax.set(xscale="symlog", xlabel="background events per hour", ylabel="cough sensitivity", ylim=(0, 1.02),
+           title="Cough detector threshold sweep (validation stream)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _held_out_audio(s: StreamSettings, detector: Path) -> tuple:
