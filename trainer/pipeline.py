@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shlex
 import sys
 from dataclasses import dataclass
@@ -114,11 +115,8 @@ def room_label(s: Settings, labels: tuple[str, ...], positive: str) -> str:
 
 
 def _portable(path: Path) -> str:
-    """A path relative to the working directory where possible (splits.csv must not hold one machine's paths)."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
+    """The path relative to the working directory (splits.csv must not hold one machine's absolute paths)."""
+    return os.path.relpath(path, Path.cwd())
 
 
 def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict):

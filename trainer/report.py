@@ -159,10 +159,10 @@ def baselines_section(report: dict) -> list[str]:
     if not report.get("baselines"):
         return []
     return ["## Baselines on the same split", "",
-            "Fitted on train, tuned and thresholded on validation, scored on the same test clips as the models. "
+            "Fitted on train, tuned and thresholded on validation, scored on the same test windows as the models. "
             "`classical (recording)` is the data's published reference recipe (40 log-mel means and deviations at "
-            "8 kHz, logistic regression) over whole recordings; `classical (window)` applies it to the student's "
-            "window. The `... only` rows score a single column: a model near them may be learning the recording "
+            "8 kHz, logistic regression) over whole recordings (each window gets its recording's score); "
+            "`classical (window)` applies it to the student's window. The `... only` rows score a single column: a model near them may be learning the recording "
             "channel or length, not the cough.", "", *metrics_table(report["baselines"]), "",
             *comparisons_section(report)]
 
@@ -222,7 +222,8 @@ def write_model_card(out: Path, report: dict) -> None:
             "- `student/`, `teacher/`: PyTorch checkpoints (self-describing: `coughwatch.json`).",
             "- `report.md`, `report.json`, plots: the full evaluation.", "",
             "## Data", *data_attribution(s["data"]["manifest"] + "," + s["data"].get("background", "")), "",
-            f"Splits are stratified, deduplicated by content hash and group-disjoint: `{json.dumps(report['splits'])}`.",
+            f"Splits are deduplicated by content hash, group-disjoint and stable (a hash of the seed and the group decides "
+            f"each group's split): `{json.dumps(report['splits'])}`.",
             "", *stream_section(out), *windows_note(report),
             "## Held-out test metrics (onset windows)", "", *metrics_table(report["results"]), "",
             "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
