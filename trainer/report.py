@@ -132,7 +132,7 @@ def stream_section(out: Path) -> list[str]:
     return ["## On a live stream (the daemon's own pipeline)", "",
             "Held-out coughs and other sounds placed at known levels into a room of held-out recordings, run "
             "through `edge.pipeline.Pipeline` with the exported int8 files at the thresholds they carry "
-            "(README, \"How the stream benchmark counts\").", "", *markdown(result), "",
+            "(README, \"The stream benchmark\").", "", *markdown(result), "",
             f"Command: `{result.get('command', '')}`", "", "![Stream](stream.png)", ""]
 
 
