@@ -6,7 +6,8 @@ returns the sounds that have ended, with onset and offset counted in samples sin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -44,6 +45,9 @@ class OnsetSettings:
     """Time constant, in seconds, with which the noise floor falls towards quieter background."""
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            if not math.isfinite(getattr(self, f.name)):
+                raise ValueError(f"{f.name} = {getattr(self, f.name)} must be a finite number")
         if not 2.0 <= self.frame_ms <= 64.0:
             raise ValueError(f"frame_ms = {self.frame_ms} must be in [2, 64] ms")
         if not 0 < self.band_low_hz < self.band_high_hz:

@@ -40,6 +40,13 @@ class Counters:
     last_peak: float = 0.0
     """Largest absolute sample value of the latest chunk."""
     clipped: int = 0
+    """Samples at or beyond full scale (|x| >= 0.999), since start."""
+    invalid: int = 0
+    """NaN or infinite samples, since start (replaced by silence before any processing)."""
+    last_clipped_at: int = -1
+    """Stream position (samples) of the latest clipped sample, -1 if none."""
+    last_invalid_at: int = -1
+    """Stream position (samples) of the latest NaN or infinite sample, -1 if none."""
     latencies_ms: list = field(default_factory=list)
 
 
@@ -70,13 +77,9 @@ class Pipeline:
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
         """Process one chunk at the models' rate; returns the events it completed (also passed to ``emit``)."""
         t0 = time.monotonic()
-        chunk = np.asarray(chunk, dtype=np.float32)
+        chunk = self._sanitise(np.asarray(chunk, dtype=np.float32))
         c = self.counters
         c.samples += chunk.size
-        if chunk.size:
-            magnitude = np.abs(chunk)
-            c.last_peak = float(magnitude.max())
-            c.clipped += int(np.count_nonzero(magnitude >= 0.999))
         self._buf = np.concatenate([self._buf, chunk])
         for sound in self.onset(chunk):
             c.sounds += 1
@@ -85,6 +88,36 @@ class Pipeline:
         self._trim()
         c.busy_s += time.monotonic() - t0
         return events
+
+    def _sanitise(self, chunk: np.ndarray) -> np.ndarray:
+        """NaN/inf samples become silence (counted), so that one bad sample cannot poison the onset detector's
+        noise floor for good; samples at or beyond full scale are counted as clipped."""
+        c = self.counters
+        if not chunk.size:
+            return chunk
+        finite = np.isfinite(chunk)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            c.invalid += int(bad.size)
+            c.last_invalid_at = c.samples + int(bad[-1])
+            chunk = np.where(finite, chunk, np.float32(0.0))
+        magnitude = np.abs(chunk)
+        clipped = np.flatnonzero(magnitude >= 0.999)
+        if clipped.size:
+            c.clipped += int(clipped.size)
+            c.last_clipped_at = c.samples + int(clipped[-1])
+        c.last_peak = float(magnitude.max())
+        return chunk
+
+    def audio_health(self, recent_s: float = 10.0) -> str:
+        """``invalid`` or ``clipping`` when such samples came within the last ``recent_s`` seconds of audio, else
+        ``ok``: one bad sample an hour ago says nothing about the microphone now."""
+        c, horizon = self.counters, self.counters.samples - recent_s * self.sample_rate
+        if c.last_invalid_at >= 0 and c.last_invalid_at >= horizon:
+            return "invalid"
+        if c.last_clipped_at >= 0 and c.last_clipped_at >= horizon:
+            return "clipping"
+        return "ok"
 
     @property
     def buffered_samples(self) -> int:

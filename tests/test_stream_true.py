@@ -226,3 +226,34 @@ def test_room_onsets_become_windows_of_the_rooms_label_only_when_asked():
     train = training_windows(coughs, maker, ("cough", "not_cough"), per_clip=2, room_label="not_cough",
                              progress=False, **kw)
     assert (train.targets == 0).sum() <= 6 and 1 <= (train.targets == 1).sum() <= 6
+
+
+def test_nan_and_inf_samples_are_silenced_counted_and_do_not_deafen_the_detector():
+    from edge.pipeline import Pipeline
+    from test_pure import _RecordingModel
+
+    rng = np.random.default_rng(4)
+    audio = (0.002 * rng.standard_normal(RATE * 8)).astype(np.float32)
+    audio[RATE: RATE + 10] = np.nan
+    audio[RATE + 10: RATE + 12] = np.inf
+    audio[5 * RATE: 5 * RATE + 3200] += (0.5 * rng.standard_normal(3200)).astype(np.float32)
+    audio[7 * RATE] = 1.0  # one clipped sample near the end
+    detector = _RecordingModel("det", RATE, RATE // 4, [0.9, 0.1])
+    events = []
+    pipe = Pipeline(detector, _RecordingModel("cls", RATE, RATE // 4, [0.7, 0.3]), "dev", events.append, synced=True)
+    for start in range(0, audio.size, 1600):
+        pipe.feed(audio[start:start + 1600])
+    pipe.flush()
+    assert pipe.counters.invalid == 12 and np.isfinite(pipe.onset.noise_floor_dbfs)
+    assert any(abs(e.onset_sample - 5 * RATE) <= 320 for e in events), "the cough after the bad samples is heard"
+    assert all(np.isfinite(w).all() for w in detector.windows)
+    assert pipe.audio_health(recent_s=2.0) == "clipping" and pipe.audio_health(recent_s=0.5) == "ok"
+    assert pipe.audio_health(recent_s=7.5) == "invalid"
+
+
+@pytest.mark.parametrize("field", ["flux_db", "min_level_dbfs", "on_db", "refractory_ms"])
+def test_onset_settings_refuse_non_finite_values(field):
+    from edge.onset import OnsetSettings
+
+    with pytest.raises(ValueError, match=f"{field} = (nan|inf) must be a finite number"):
+        OnsetSettings(**{field: float("inf") if field == "on_db" else float("nan")})
