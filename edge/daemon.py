@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from .audio import Source
+from .audio import AudioError, Source
 from .mqtt import Sink
 from .pipeline import Pipeline
 from .sdnotify import Notifier
@@ -66,12 +66,20 @@ class Daemon:
         return ", ".join(parts)
 
     def run(self) -> int:
+        """Until stopped or the input ends; a source that fails midway ends the run the same clean way (pending
+        coughs classified, outbox flushed) and exits 1."""
         self.notifier.ready("listening")
         next_stats = time.monotonic()
         watchdog_every = self.notifier.watchdog_s / 2 if self.notifier.watchdog_s else 0
         next_watchdog = time.monotonic()
+        code = 0
         while not self.stop.is_set():
-            chunk = self.source.read(timeout=0.5)
+            try:
+                chunk = self.source.read(timeout=0.5)
+            except AudioError as exc:
+                log.error("input failed, stopping after flushing what was heard: %s", exc)
+                code = 1
+                break
             if chunk is None:
                 log.info("end of input")
                 break
@@ -99,4 +107,4 @@ class Daemon:
         self.sink.publish_stats(self.stats())
         self.sink.close(timeout=self.shutdown_flush_s)
         log.info("stopped: %s", self.stats())
-        return 0
+        return code

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class OnsetSettings:
@@ -57,6 +59,10 @@ class OnsetSettings:
         for name in ("retrigger_db", "min_gap_ms", "refractory_ms", "hangover_ms", "max_duration_ms", "floor_rise_s", "floor_fall_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
+        for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
+                           ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
+            if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory
+                raise ValueError(f"{name} = {getattr(self, name)} must be at most {most}")
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,8 @@ class OnsetDetector:
         freqs = np.fft.rfftfreq(self.frame_samples, 1.0 / sample_rate)
         self._band = (freqs >= self.s.band_low_hz) & (freqs <= self.s.band_high_hz)
         if not self._band.any():
-            raise ValueError(f"band {self.s.band_low_hz}-{self.s.band_high_hz} Hz has no FFT bins at {sample_rate} Hz")
+            raise ConfigError(f"[onset] band_low_hz-band_high_hz = {self.s.band_low_hz}-{self.s.band_high_hz} Hz holds no "
+                              f"FFT bin of a {self.frame_samples}-sample frame at {sample_rate} Hz; widen the band")
         self._window = np.hanning(self.frame_samples).astype(np.float32)
         self._norm = float(np.sum(self._window**2) * self.frame_samples / 2)
         ms = sample_rate / 1000.0

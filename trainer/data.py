@@ -59,7 +59,7 @@ def load_manifest(location: str | Path) -> list[Clip]:
 
 
 def _read_csv(csv_path: Path) -> list[Clip]:
-    with csv_path.open(newline="") as fh:
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: Excel's byte order mark
         reader = csv.DictReader(fh)
         columns = reader.fieldnames or []
         for needed in ("path", "label"):
@@ -70,6 +70,9 @@ def _read_csv(csv_path: Path) -> list[Clip]:
         for line, row in enumerate(reader, start=2):
             if not row["path"] or not row["label"]:
                 raise ManifestError(f"{csv_path}:{line}: empty 'path' or 'label'")
+            if row["label"] != row["label"].strip():
+                raise ManifestError(f"{csv_path}:{line}: label {row['label']!r} has leading or trailing spaces "
+                                    "(it would become a class of its own)")
             extra = {k: v for k, v in row.items() if k not in ("path", "label")}
             group = row[group_col] if group_col and row[group_col] else ""
             clips.append(Clip(path=(csv_path.parent / row["path"]).resolve(), label=row["label"], group=group,
@@ -90,6 +93,8 @@ def _read_folder(folder: Path) -> list[Clip]:
 def relabel(clips: list[Clip], positive: str) -> tuple[str, ...]:
     """Collapse every label other than ``positive`` into ``not_<positive>``; returns the new labels."""
     labels = sorted({c.label for c in clips})
+    if len(labels) < 2:
+        raise ManifestError(f"the manifest has only one label, {labels}: a classifier needs at least two")
     if positive not in labels:
         raise ManifestError(f"positive label {positive!r} is not in the manifest's labels {labels}")
     if len(labels) > 2:

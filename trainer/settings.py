@@ -139,6 +139,7 @@ class Settings:
         d, t, s, k = self.data, self.teacher, self.student, self.kd
         checks = [
             (bool(d.manifest), "data.manifest", d.manifest, "is required (--data)"),
+            (not Path(self.run.out).is_file(), "run.out", self.run.out, "is a file; give a folder for the run"),
             (0 < d.window_s <= 10, "data.window_s", d.window_s, "must be in (0, 10] seconds"),
             (0 <= d.pre_roll_s < d.window_s, "data.pre_roll_s", d.pre_roll_s, "must be in [0, window_s)"),
             (d.pad in ("context", "wrap", "zero"), "data.pad", d.pad, "must be context, wrap or zero"),
