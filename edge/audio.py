@@ -67,6 +67,34 @@ class _Resampler:
         return self._stream.resample_chunk(x.astype(np.float32, copy=False), last=last)
 
 
+MIN_FILE_RATE = 4000
+"""Lowest sample rate, in Hz, a file may claim (below it the header is damaged or it is not speech-band audio)."""
+MAX_FILE_RATE = 384000
+"""Highest sample rate, in Hz, a file may claim."""
+CANCEL_DB = 30.0
+"""A channel mix this many dB below its channels' mean power means they cancel (anti-phase wiring)."""
+
+
+class Downmix:
+    """``[frames, channels]`` -> mono: the channels' mean, unless they cancel each other out (anti-phase), in which
+    case the first channel alone, with one warning: a microphone wired out of phase must not read as silence."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.cancelling = name, False
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        mono = block.mean(axis=1)
+        if block.shape[1] < 2 or not block.size:
+            return mono
+        channels = float(np.mean(block.astype(np.float64) ** 2))
+        if channels > 1e-10 and float(np.mean(mono.astype(np.float64) ** 2)) < channels * 10 ** (-CANCEL_DB / 10):
+            if not self.cancelling:
+                log.warning("%s: its channels cancel each other out (anti-phase); using the first channel alone",
+                            self.name)
+            self.cancelling = True
+        return block[:, 0] if self.cancelling else mono
+
+
 class FileSource:
     """A WAV/FLAC/OGG file, decoded by soundfile in blocks; ``realtime`` paces reads like a microphone."""
 
@@ -79,8 +107,12 @@ class FileSource:
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
             raise AudioError(f"{self.path}: cannot open audio file: {exc}") from exc
         self.native_rate = self._file.samplerate
+        if not MIN_FILE_RATE <= self.native_rate <= MAX_FILE_RATE:
+            raise AudioError(f"{self.path}: header says {self.native_rate} Hz, outside {MIN_FILE_RATE}..{MAX_FILE_RATE} "
+                             "Hz: not audio this daemon can hear (a damaged header?)")
         self.sample_rate = sample_rate
         self.overruns = 0
+        self._downmix = Downmix(str(self.path))
         self._block = max(1, int(block_s * self.native_rate))
         self._resample = _Resampler(self.native_rate, sample_rate)
         self._realtime = realtime
@@ -96,7 +128,7 @@ class FileSource:
         except Exception as exc:  # noqa: BLE001 - libsndfile errors on corrupt data mid-file
             raise AudioError(f"{self.path}: decoding failed at frame {self._file.tell()}: {exc}") from exc
         last = len(block) < self._block
-        out = self._resample(block.mean(axis=1), last=last)
+        out = self._resample(self._downmix(block), last=last)
         self._done = last
         if self._realtime:
             self._delivered += len(block)

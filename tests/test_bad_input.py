@@ -68,3 +68,18 @@ def test_onset_settings_that_would_deafen_or_grow_memory_are_refused(tmp_path, f
                              "--device-outbox", str(tmp_path / "o.sqlite"), *flags],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_anti_phase_stereo_is_heard_and_a_damaged_rate_is_refused(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    audio, rate = sf.read(str(DEMO), dtype="float32")
+    sf.write(str(tmp_path / "anti.wav"), np.stack([audio, -audio], axis=1), rate)
+    mono = _edge_run(DEMO, tmp_path / "m")
+    anti = _edge_run(tmp_path / "anti.wav", tmp_path / "a")
+    assert anti.returncode == 0 and "cancel each other out" in anti.stderr
+    assert len(anti.stdout.splitlines()) == len(mono.stdout.splitlines()) >= 3
+    sf.write(str(tmp_path / "one_hz.wav"), audio[:480], 1)
+    bad = _edge_run(tmp_path / "one_hz.wav", tmp_path / "b")
+    assert bad.returncode == 2 and "header says 1 Hz" in bad.stderr and "Traceback" not in bad.stderr
