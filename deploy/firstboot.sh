@@ -11,11 +11,17 @@ TARGET="${COUGHWATCH_TARGET:-}"                            # a root prefix, for 
 # shellcheck source=/dev/null
 . "$CARD/settings.env"
 
+wipe() {  # a secret's bytes are overwritten in place before unlinking: FAT keeps deleted data until reused
+  [ -f "$1" ] || return 0
+  shred -n 0 -z -u "$1" 2>/dev/null || { dd if=/dev/zero of="$1" bs=1 count="$(stat -c %s "$1")" conv=notrunc \
+    2>/dev/null; sync; rm -f "$1"; }
+}
+
 stage1() {
   install -d -m 0750 "$TARGET/etc/coughwatch"
   if [ -f "$CARD/secrets.env" ]; then
     install -m 0600 "$CARD/secrets.env" "$TARGET/etc/coughwatch/secrets.env"
-    rm -f "$CARD/secrets.env"   # secrets do not stay on the world-readable FAT partition
+    wipe "$CARD/secrets.env"   # secrets do not stay on the world-readable FAT partition
   fi
   if [ -n "${WIFI_SSID:-}" ] && [ -f "$CARD/wifi.psk" ]; then
     local psk conn="$TARGET/etc/NetworkManager/system-connections/coughwatch-wifi.nmconnection"
@@ -43,7 +49,7 @@ method=auto
 method=auto
 NM
     chmod 0600 "$conn"
-    rm -f "$CARD/wifi.psk"
+    wipe "$CARD/wifi.psk"
     if [ -z "$TARGET" ] && command -v raspi-config >/dev/null && [ -n "${WIFI_COUNTRY:-}" ]; then
       raspi-config nonint do_wifi_country "$WIFI_COUNTRY" || true
     fi
