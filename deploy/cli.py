@@ -6,6 +6,8 @@ import getpass
 import sys
 from pathlib import Path
 
+from edge.contract import ContractError
+
 from .sdcard import CardSettings, DeployError, FolderPartition, ImagePartition, prepare
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return cmd_sdcard(args) if args.command == "sdcard" else cmd_model_push(args)
-    except DeployError as exc:
+    except (DeployError, ContractError) as exc:  # a model refused by the contract or its test inference
         print(f"deploy: error: {exc}", file=sys.stderr)
         return 2
 

@@ -35,7 +35,7 @@ def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon
-    from .inference import Classifier
+    from .inference import Classifier, check_rates
     from .mqtt import MqttSink, StdoutSink
     from .onset import OnsetDetector
     from .outbox import Outbox
@@ -45,6 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = _settings(args)
     detector = Classifier(s.model.detector, s.model.threads)
     classifier = Classifier(s.model.classifier, s.model.threads)
+    check_rates(detector, classifier)
     if detector.info.positive_label != "cough":
         log.warning("detector %s has positive label %r, not 'cough'", detector.info.name, detector.info.positive_label)
     rate = classifier.info.sample_rate

@@ -8,13 +8,16 @@ from .settings import EdgeSettings
 
 
 def _check_models(s: EdgeSettings) -> list[str]:
-    from .inference import Classifier
+    from .inference import Classifier, check_rates
 
-    out = []
+    out, models = [], []
     for role, path in (("detector", s.model.detector), ("classifier", s.model.classifier)):
-        m = Classifier(path, s.model.threads)
+        m = Classifier(path, s.model.threads)  # includes a test inference on silence and noise
+        models.append(m)
         out.append(f"{role}: {m.info.name} labels={list(m.info.labels)} threshold={m.info.threshold:.3f} "
-                   f"sha256={m.sha256[:12]}")
+                   f"{m.info.sample_rate} Hz, {m.info.window_samples} samples, sha256={m.sha256[:12]}, "
+                   "test inference ok")
+    check_rates(*models)
     return out
 
 

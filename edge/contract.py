@@ -6,6 +6,8 @@ tested without a model file. See README "Model contract".
 from __future__ import annotations
 
 import json
+import math
+import sys
 from dataclasses import dataclass
 
 REQUIRED_KEYS = (
@@ -23,6 +25,10 @@ REQUIRED_KEYS = (
 CONTRACT_VERSION = "1"
 INPUT_NAME = "audio"
 OUTPUT_NAME = "probs"
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
+"""Bounds on ``sample_rate`` in Hz: microphones and the edge's resampler cover this range."""
+MIN_WINDOW_S, MAX_WINDOW_S = 0.064, 10.0
+"""Bounds on a window's length in seconds: at least two 32 ms STFT frames, at most 10 s (bounded memory)."""
 
 
 class ContractError(ValueError):
@@ -77,9 +83,11 @@ def parse_metadata(meta: dict[str, str], *, name: str = "model") -> ModelInfo:
     positive = meta["positive_label"]
     if positive not in labels:
         raise ContractError(f"{name}: positive_label {positive!r} is not one of labels {labels}")
-    sample_rate = _int(meta, "sample_rate", name, lo=1000)
-    window = _int(meta, "window_samples", name, lo=64)
-    pre_roll = _int(meta, "pre_roll_samples", name, lo=0) if "pre_roll_samples" in meta else window // 4
+    sample_rate = _int(meta, "sample_rate", name, lo=MIN_SAMPLE_RATE, hi=MAX_SAMPLE_RATE, unit=" Hz")
+    window = _int(meta, "window_samples", name, lo=math.ceil(MIN_WINDOW_S * sample_rate),
+                  hi=round(MAX_WINDOW_S * sample_rate),
+                  unit=f" samples ({MIN_WINDOW_S:g}..{MAX_WINDOW_S:g} s at {sample_rate} Hz)")
+    pre_roll = _int(meta, "pre_roll_samples", name, lo=0, hi=sys.maxsize) if "pre_roll_samples" in meta else window // 4
     if pre_roll >= window:
         raise ContractError(f"{name}: pre_roll_samples {pre_roll} must be smaller than window_samples {window}")
     try:
@@ -126,11 +134,11 @@ def check_io(info: ModelInfo, inputs: list[tuple[str, list]], outputs: list[tupl
         )
 
 
-def _int(meta: dict[str, str], key: str, name: str, *, lo: int) -> int:
+def _int(meta: dict[str, str], key: str, name: str, *, lo: int, hi: int, unit: str = "") -> int:
     try:
         value = int(meta[key])
     except ValueError as exc:
         raise ContractError(f"{name}: metadata {key!r} is not an integer: {meta[key]!r}") from exc
-    if value < lo:
-        raise ContractError(f"{name}: metadata {key!r} = {value} is below {lo}")
+    if not lo <= value <= hi:
+        raise ContractError(f"{name}: metadata {key!r} = {value} is outside {lo}..{hi}{unit}")
     return value

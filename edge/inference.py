@@ -8,6 +8,18 @@ import numpy as np
 
 from .contract import INPUT_NAME, OUTPUT_NAME, ContractError, ModelInfo, check_io, parse_metadata
 
+PROB_TOLERANCE = 1e-3
+"""How far outside [0, 1] a probability may stray (int8 rounding) before the load-time probe refuses the model."""
+
+
+def check_rates(detector: "Classifier", classifier: "Classifier") -> None:
+    """The daemon feeds both models one stream: their sample rates must agree (ContractError otherwise)."""
+    if detector.info.sample_rate != classifier.info.sample_rate:
+        raise ContractError(
+            f"the detector {detector.info.name} ({detector.path}) expects {detector.info.sample_rate} Hz audio but the "
+            f"classifier {classifier.info.name} ({classifier.path}) expects {classifier.info.sample_rate} Hz: both "
+            "models hear the same stream, so they must share one sample rate")
+
 
 def make_session(path: str | Path, threads: int = 1):
     """The only place an ``InferenceSession`` is created: CPU provider, ``threads`` intra-op threads."""
@@ -42,6 +54,31 @@ class Classifier:
         except ContractError as exc:
             raise ContractError(f"{path}: {exc}") from exc
         self.path = path
+        self._probe()
+
+    def _probe(self) -> None:
+        """One real inference on silence and on seeded noise: a model that cannot run is refused at load."""
+        n = len(self.info.labels)
+        noise = np.clip(0.1 * np.random.default_rng(0).standard_normal(self.info.window_samples), -1, 1)
+        windows = np.stack([np.zeros(self.info.window_samples), noise]).astype(np.float32)
+        what = f"{self.path}: model {self.info.name!r} failed a test inference on silence and noise " \
+               f"(2 windows of {self.info.window_samples} samples)"
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the error is in the ContractError; onnxruntime need not print it too
+        try:
+            probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: windows}, quiet)[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ContractError(f"{what}: onnxruntime: {str(exc).strip()}") from exc
+        probs = np.asarray(probs)
+        if probs.shape != (2, n):
+            raise ContractError(f"{what}: output {OUTPUT_NAME!r} has shape {list(probs.shape)}, expected [2, {n}] "
+                                f"for labels {list(self.info.labels)}")
+        if not np.all(np.isfinite(probs)):
+            raise ContractError(f"{what}: output {OUTPUT_NAME!r} is not finite: {probs.tolist()}")
+        if probs.min() < -PROB_TOLERANCE or probs.max() > 1 + PROB_TOLERANCE:
+            raise ContractError(f"{what}: output {OUTPUT_NAME!r} is outside [0, 1]: {probs.tolist()}")
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         windows = np.asarray(windows, dtype=np.float32)
