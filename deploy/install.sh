@@ -78,52 +78,36 @@ install_file() {
   say "wrote ${dest#"$ROOT"}"
 }
 
-parse_broker() {  # sets HOST PORT TLS from mqtt://host[:port] or mqtts://host[:port]
-  local url="$1" rest
+parse_broker() {  # fail fast on the obvious, before any change; edge.install_config parses and checks it fully
+  local url="$1" rest port=""
   case "$url" in
-    mqtt://*) TLS=false; rest="${url#mqtt://}"; PORT=1883 ;;
-    mqtts://*) TLS=true; rest="${url#mqtts://}"; PORT=8883 ;;
+    mqtt://*|mqtts://*) rest="${url#*://}" ;;
     *) die "--broker '$url' must start with mqtt:// or mqtts://" ;;
   esac
   rest="${rest%%/*}"
-  HOST="${rest%%:*}"
-  if [ "$rest" != "$HOST" ]; then PORT="${rest##*:}"; fi
-  [[ "$PORT" =~ ^[0-9]+$ ]] || die "--broker '$url': port '$PORT' is not a number"
-  [ -n "$HOST" ] || die "--broker '$url' has no host"
+  case "$rest" in
+    \[*\]:*) port="${rest##*]:}" ;;  # [fd00::1]:8883
+    \[*) ;;
+    *:*) port="${rest##*:}" ;;
+  esac
+  if [ -n "$port" ] && ! { [[ "$port" =~ ^[0-9]{1,5}$ ]] && [ "$((10#$port))" -ge 1 ] && [ "$((10#$port))" -le 65535 ]; }; then
+    die "--broker '$url': port '$port' is not a number in 1..65535"
+  fi
 }
 
-write_config() {
-  local tmp
-  tmp="$(mktemp)"
-  {
-    echo "# coughwatch edge configuration (written by deploy/install.sh; edit freely, --upgrade keeps it)."
-    echo "# Results are research screening signals, not a diagnosis."
-    echo "[device]"
-    echo "id = \"${DEVICE_ID:-$(hostname)}\""
-    echo "outbox = \"/var/lib/coughwatch/outbox.sqlite\""
-    echo "outbox_max_events = 10000"
-    echo
-    echo "[model]"
-    echo "detector = \"/var/lib/coughwatch/models/cough-detector/student.int8.onnx\""
-    echo "classifier = \"/var/lib/coughwatch/models/covid-screen/student.int8.onnx\""
-    echo
-    echo "[mqtt]"
-    if [ -n "$BROKER" ]; then
-      echo "host = \"$HOST\""
-      echo "port = $PORT"
-      echo "tls = $TLS"
-    else
-      echo "host = \"\"   # empty: events go to the journal as JSON lines"
-    fi
-    [ -z "$USERNAME" ] || echo "username = \"$USERNAME\""
-    echo "# the password comes from /etc/coughwatch/secrets.env (COUGHWATCH_MQTT_PASSWORD)"
-  } >"$tmp"
+write_config() {  # through Python: every value TOML-escaped, the file loaded back by the daemon's own checks
   if [ -f "$CONF_DIR/edge.toml" ] && [ -z "$BROKER$DEVICE_ID$USERNAME" ]; then
-    rm -f "$tmp"  # no new settings given: keep the existing file as it is
-    return 0
+    return 0  # no new settings given: keep the existing file as it is
   fi
-  install_file "$tmp" "$CONF_DIR/edge.toml" 0640
-  rm -f "$tmp"
+  local tmp
+  tmp="$(mktemp -d)"
+  if ! "$VENV/bin/python" -m edge.install_config --out "$tmp/edge.toml" "--device-id=$DEVICE_ID" \
+      "--broker=$BROKER" "--username=$USERNAME"; then
+    rm -rf "$tmp"
+    exit 2  # edge.install_config said what is wrong
+  fi
+  install_file "$tmp/edge.toml" "$CONF_DIR/edge.toml" 0640
+  rm -rf "$tmp"
 }
 
 write_secrets() {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -76,3 +77,64 @@ def test_install_is_idempotent_and_uninstall_keeps_config(tmp_path):
     assert (root / "etc/coughwatch/edge.toml").is_file() and (root / "var/lib/coughwatch/models").is_dir()
     install(root, "--uninstall", "--purge")
     assert not (root / "etc/coughwatch").exists() and not (root / "var/lib/coughwatch").exists()
+
+
+def fake_venv(root):
+    """The venv install.sh would create, standing in for pip: wrappers around this interpreter and checkout."""
+    bin_ = root / "opt/coughwatch/venv/bin"
+    bin_.mkdir(parents=True)
+    for name, module in (("python", ""), ("edge", "-m edge ")):
+        (bin_ / name).write_text(f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" {module}"$@"\n')
+        (bin_ / name).chmod(0o755)
+
+
+def load_config(path):
+    from edge import config
+    from edge.settings import EdgeSettings
+
+    return config.build(EdgeSettings, file=path, environ={})
+
+
+def test_hostile_values_are_escaped_and_the_file_is_checked_by_the_daemons_loader(tmp_path):
+    root = tmp_path / "root"
+    fake_venv(root)
+    username = 'p\\i "quoted" \u00e9'
+    result = install(root, "--broker", "mqtts://[fd00::1]:8884", "--device-id", "kitchen", "--username", username)
+    assert "installed" in result.stdout
+    s = load_config(root / "etc/coughwatch/edge.toml")
+    assert (s.mqtt.username, s.mqtt.host, s.mqtt.port, s.mqtt.tls, s.device.id) == \
+        (username, "fd00::1", 8884, True, "kitchen")
+    install(root, "--broker", "mqtt://[fd00::2]", "--device-id", "kitchen")
+    s = load_config(root / "etc/coughwatch/edge.toml")
+    assert (s.mqtt.host, s.mqtt.port, s.mqtt.tls) == ("fd00::2", 1883, False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--broker", 'mqtt://bro"ker.lan'], "contains a space, quote, backslash or control character"),
+    (["--broker", "mqtt://broker\n.lan"], "contains a space, quote, backslash or control character"),
+    (["--broker", "mqtt://[fd00"], "cannot be parsed"),
+    (["--broker", "mqtt://fd00::1"], "an IPv6 address goes in brackets, as in mqtts://[fd00::1]:8883"),
+    (["--broker", "mqtt://broker.lan:99999"], "port '99999' is not a number in 1..65535"),
+    (["--broker", "mqtt://broker.lan:0"], "port '0' is not a number in 1..65535"),
+])
+def test_values_the_daemon_would_refuse_are_refused_before_installed_is_said(tmp_path, args, message):
+    root = tmp_path / "root"
+    fake_venv(root)
+    result = install(root, *args, "--device-id", "kitchen", check=False)
+    assert result.returncode == 2 and message in result.stderr, result.stdout + result.stderr
+    assert "installed" not in result.stdout and not (root / "etc/coughwatch/edge.toml").exists()
+    assert "Traceback" not in result.stderr
+
+
+def test_a_dotted_host_name_becomes_its_first_label_as_device_id(tmp_path, monkeypatch):
+    import socket
+
+    from edge import config, install_config
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "kitchen.example.lan")
+    install_config.write(tmp_path / "edge.toml", "", "mqtt://broker.lan", "")
+    assert load_config(tmp_path / "edge.toml").device.id == "kitchen"
+    monkeypatch.setattr(socket, "gethostname", lambda: "pi+4.lan")
+    with pytest.raises(config.ConfigError, match="id = 'pi\\+4' must be 1..64 ASCII letters"):
+        install_config.write(tmp_path / "edge.toml", "", "mqtt://broker.lan", "")
+    assert load_config(tmp_path / "edge.toml").device.id == "kitchen"  # the old file is left as it was
