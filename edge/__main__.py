@@ -177,9 +177,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_devices(args: argparse.Namespace) -> int:
     import sounddevice as sd
 
-    for i, d in enumerate(sd.query_devices()):
-        if d["max_input_channels"] > 0:
-            print(f"{i:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
+    inputs = [(i, d) for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+    if not inputs:
+        print("edge devices: no input device found (is a microphone connected? `arecord -l` lists what ALSA sees)",
+              file=sys.stderr)
+        return 1
+    for i, d in inputs:
+        print(f"{i:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
     return 0
 
 

@@ -39,7 +39,10 @@ class Classifier:
         path = Path(path)
         if not path.is_file():
             raise ContractError(f"model file {path} does not exist")
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ContractError(f"model file {path} cannot be read: {exc.strerror or exc}") from exc
         self.sha256 = hashlib.sha256(raw).hexdigest()
         try:
             self.session = make_session(path, threads)

@@ -83,3 +83,12 @@ def test_anti_phase_stereo_is_heard_and_a_damaged_rate_is_refused(tmp_path):
     sf.write(str(tmp_path / "one_hz.wav"), audio[:480], 1)
     bad = _edge_run(tmp_path / "one_hz.wav", tmp_path / "b")
     assert bad.returncode == 2 and "header says 1 Hz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_devices_says_so_when_there_is_no_input_device():
+    import sounddevice as sd
+
+    if any(d["max_input_channels"] > 0 for d in sd.query_devices()):
+        pytest.skip("this machine has an input device")
+    result = subprocess.run([sys.executable, "-m", "edge", "devices"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "no input device found" in result.stderr
