@@ -65,16 +65,22 @@ class Scene:
     """The recording's loudest 10 ms frame over the room's RMS, in dB (nan without a room)."""
 
 
-def loudest_frame_db(audio: np.ndarray, sample_rate: int) -> float:
-    """RMS of the loudest 10 ms frame, in dB re full scale."""
+def frame_energy_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Power of each 10 ms frame, in dB re full scale (a recording shorter than a frame is one frame)."""
     frame = max(1, round(FRAME_S * sample_rate))
     n = max(1, audio.size // frame)
     frames = audio[: n * frame].reshape(n, frame) if audio.size >= frame else audio[None, :]
-    return float(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1).max() + 1e-12))
+    return 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
 
 
-def rms_db(audio: np.ndarray) -> float:
-    return float(10 * np.log10(np.mean(audio.astype(np.float64) ** 2) + 1e-12))
+def loudest_frame_db(audio: np.ndarray, sample_rate: int) -> float:
+    """RMS of the loudest 10 ms frame, in dB re full scale: the level rule of scenes and streams."""
+    return float(frame_energy_db(audio, sample_rate).max())
+
+
+def unit_rms(audio: np.ndarray) -> np.ndarray:
+    """``audio`` scaled to an RMS of 1."""
+    return audio / np.float32(np.sqrt(np.mean(audio.astype(np.float64) ** 2)) + 1e-9)
 
 
 def is_telephone(clip: Clip) -> bool:
@@ -108,7 +114,7 @@ def make_room(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: i
         piece = audio[offset: offset + max(n - pos + fade, 4 * fade)].astype(np.float32)
         if piece.size <= 2 * fade:
             continue  # a recording shorter than two fades adds nothing
-        piece = piece / np.float32(np.sqrt(np.mean(piece.astype(np.float64) ** 2)) + 1e-9)
+        piece = unit_rms(piece)
         piece[:fade] *= ramp
         piece[-fade:] *= ramp[::-1]
         take = min(piece.size, room.size - pos)
@@ -116,7 +122,7 @@ def make_room(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: i
         pos += take - fade
     room = room[:n]
     room += rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (-NOISE_BELOW_ROOM_DB / 20))
-    return room / np.float32(np.sqrt(np.mean(room.astype(np.float64) ** 2)) + 1e-9)
+    return unit_rms(room)
 
 
 class SceneMaker:
@@ -143,18 +149,13 @@ class SceneMaker:
             level = float(rng.uniform(self.s.level_min_db, self.s.level_max_db))
             room = make_room(self.pool, n, rng, sr, exclude_group=clip.group or clip.sha256)
             if is_telephone(clip):
-                room = band_limit(room, sr, 300.0, 3400.0)
-                room /= np.float32(np.sqrt(np.mean(room.astype(np.float64) ** 2)) + 1e-9)
+                room = unit_rms(band_limit(room, sr, 300.0, 3400.0))
             out += room * np.float32(10 ** ((loudest_frame_db(audio, sr) - level) / 20))
         out[start:end] += audio
         peak = float(np.abs(out).max())
         if peak > 0.99:
             out *= np.float32(0.99 / peak)
         return Scene(out, start, end, level)
-
-    def anchors(self, scene: Scene) -> list[int]:
-        """Onsets the daemon's detector reports that belong to the recording."""
-        return self.split_anchors(scene)[0]
 
     def split_anchors(self, scene: Scene) -> tuple[list[int], list[int]]:
         """The onsets the daemon's detector reports in the scene: those of the recording, and those of the room."""

@@ -207,15 +207,16 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     if not main_process:
         return {}
     save_checkpoint(student.cpu(), out / "student")
-    report = evaluate_run(s, rd, teacher.cpu(), student, out, command)
+    report, scores = evaluate_run(s, rd, teacher.cpu(), student, out, command)
     report["history"] = {"teacher": teacher_history, "student": student_history}
-    finish_report(out, report, rd)
+    finish_report(out, report, scores, rd)
     log.info("run written to %s", out)
     return report
 
 
-def evaluate_run(s: Settings, rd: RunData, teacher, student, out: Path, command: str) -> dict:
-    """Thresholds on validation windows, metrics on test windows, baselines, export; the report's content."""
+def evaluate_run(s: Settings, rd: RunData, teacher, student, out: Path, command: str) -> tuple[dict, dict]:
+    """Thresholds on validation windows, metrics on test windows, baselines, export: the report's content, and
+    each model's and baseline's positive-class scores on the test windows (for the plots)."""
     pos, val, test = rd.pos, rd.sets["val"], rd.sets["test"]
     logits = {name: {k: predict_logits(m, rd.sets[k].windows) for k in ("val", "test")}
               for name, m in (("teacher", teacher), ("student", student))}
@@ -242,7 +243,7 @@ def evaluate_run(s: Settings, rd: RunData, teacher, student, out: Path, command:
     references = {"teacher": probs["teacher"][:, pos], **baseline_scores}
     comparisons = {name: paired_auc_difference(is_pos, student_scores, ref, s.run.bootstrap, s.run.seed)
                    for name, ref in references.items()}
-    return {
+    report = {
         "command": command, "labels": list(rd.labels), "positive_label": rd.positive, "splits": D.describe(rd.parts),
         "windows": {k: {"windows": int(len(w.windows)), "recordings_without_onset": int(w.unheard)}
                     for k, w in rd.sets.items()},
@@ -250,12 +251,11 @@ def evaluate_run(s: Settings, rd: RunData, teacher, student, out: Path, command:
                                                              "student": count_parameters(student)},
         "thresholds": thresholds, "results": results, "baselines": baselines, "comparisons": comparisons,
         "onnx_parity": parity, "settings": s.to_dict(),
-        "_scores": {**{k: v[:, pos] for k, v in probs.items()}, **baseline_scores},
     }
+    return report, {**{k: v[:, pos] for k, v in probs.items()}, **baseline_scores}
 
 
-def finish_report(out: Path, report: dict, rd: RunData) -> None:
-    scores = report.pop("_scores")
+def finish_report(out: Path, report: dict, scores: dict, rd: RunData) -> None:
     is_pos = rd.sets["test"].targets == rd.pos
     decisions = {k: scores[k] >= report["results"][k]["pooled"]["threshold"] for k in report["results"]}
     write_report(out, report, is_pos, scores, decisions)

@@ -26,14 +26,14 @@ from edge.settings import ModelSettings
 
 from . import data as D
 from .augment import band_limit
-from .context import FADE_S, ContextSettings, SceneMaker, is_telephone, loudest_frame_db, make_room, seeded_rng
+from .context import (FADE_S, FRAME_S, ContextSettings, SceneMaker, frame_energy_db, is_telephone, loudest_frame_db,
+                      make_room, seeded_rng)
 
 log = logging.getLogger(__name__)
 TOLERANCE_BEFORE_S = 0.3
 """An event counts for a placed sound when its onset is at most this long before the sound's onset..."""
 TOLERANCE_AFTER_S = 0.1
 """...and at most this long after the sound's end."""
-EVENT_FRAME_S = 0.01
 EVENT_FLOOR_DB = 25.0
 """A single event spans the frames within this many dB of its loudest 10 ms frame, and at least half way (in dB)
 from the recording's noise floor (its 10th-percentile frame) to that frame..."""
@@ -130,17 +130,17 @@ def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
     one event; the next cough of a bout starts after one, so it is not part of it. Two coughs less than
     0.1 s apart would count as one.
     """
-    frame = round(EVENT_FRAME_S * sample_rate)
-    n = max(1, audio.size // frame)
-    energy = 10 * np.log10(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
+    frame = round(FRAME_S * sample_rate)
+    energy = frame_energy_db(audio, sample_rate)
+    n = energy.size
     peak = int(energy.argmax())
     floor = float(np.percentile(energy, 10))
     loud = energy >= max(energy[peak] - EVENT_FLOOR_DB, (floor + energy[peak]) / 2)
     first = peak
-    while first > 0 and loud[first - 1] and peak - first < round(0.3 / EVENT_FRAME_S):
+    while first > 0 and loud[first - 1] and peak - first < round(0.3 / FRAME_S):
         first -= 1
-    gap, last, quiet = round(EVENT_GAP_S / EVENT_FRAME_S), peak, 0
-    for i in range(peak + 1, min(n, first + round(EVENT_MAX_S / EVENT_FRAME_S))):
+    gap, last, quiet = round(EVENT_GAP_S / FRAME_S), peak, 0
+    for i in range(peak + 1, min(n, first + round(EVENT_MAX_S / FRAME_S))):
         quiet = 0 if loud[i] else quiet + 1
         if quiet >= gap:
             break
@@ -286,13 +286,12 @@ def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> 
     return out
 
 
-def run_daemon_pipeline(detector: Path, classifier: Path, stream: np.ndarray, detector_threshold: float | None = None,
-                        chunk: int = 1600) -> tuple:
-    """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does; its events and the time it took."""
-    from edge.inference import Classifier
+def run_daemon_pipeline(det, cls, stream: np.ndarray, detector_threshold: float | None = None,
+                        chunk: int = 1600) -> tuple[list[StreamEvent], float]:
+    """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does, with the loaded detector and classifier
+    (``edge.inference.Classifier``); its events and the seconds it took."""
     from edge.pipeline import Pipeline
 
-    det, cls = Classifier(detector), Classifier(classifier)
     pipe = Pipeline(det, cls, "stream-benchmark", lambda event: None, detector_threshold=detector_threshold, synced=False,
                     start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
     events, t0 = [], time.perf_counter()
@@ -301,8 +300,7 @@ def run_daemon_pipeline(detector: Path, classifier: Path, stream: np.ndarray, de
     events += pipe.flush()
     seconds = time.perf_counter() - t0
     info = cls.info
-    return [StreamEvent(e.onset_sample, e.cough_score, e.probabilities[info.positive_label]) for e in events], \
-        seconds, det, cls
+    return [StreamEvent(e.onset_sample, e.cough_score, e.probabilities[info.positive_label]) for e in events], seconds
 
 
 def clip_level(classifier, coughs: list[D.Clip], room: list[D.Clip], s: StreamSettings, group_by: str) -> dict:
@@ -343,13 +341,15 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     from edge.inference import Classifier
 
     s.validate()
-    coughs, sounds, rate = _held_out_audio(s, detector)
+    det, cls = Classifier(detector), Classifier(classifier)
+    coughs, sounds = _held_out_audio(s, det.info.sample_rate)
+    rate = det.info.sample_rate
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
     log.info("stream: %.1f min, %d coughs and %d other sounds placed", stream.size / rate / 60,
              sum(p.kind == "cough" for p in truth), sum(p.kind == "sound" for p in truth))
     if audio_out is not None:
         write_stream(audio_out, stream, rate, truth)
-    events, seconds, det, cls = run_daemon_pipeline(detector, classifier, stream, detector_threshold)
+    events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold)
     result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
                           positive_label=cls.info.positive_label, levels=s.levels)
     result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
@@ -372,9 +372,11 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     s.validate()
     if s.split != "val":
         raise ValueError("--choose-detector-threshold selects on the validation split only: add --stream-split val")
-    coughs, sounds, rate = _held_out_audio(s, detector)
+    det = Classifier(detector)
+    rate = det.info.sample_rate
+    coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
-    events, _, _, _ = run_daemon_pipeline(detector, classifier, stream, detector_threshold=0.0)
+    events, _ = run_daemon_pipeline(det, Classifier(classifier), stream, detector_threshold=0.0)
     table = []
     for t in np.round(np.arange(0.05, 1.0, 0.01), 2):
         m = score_stream(truth, [e for e in events if e.cough_score >= t], stream.size, rate, levels=s.levels)
@@ -387,7 +389,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         raise ValueError(f"no detector threshold keeps the validation stream within {s.max_false_per_hour} background "
                          "events per hour")
     best = max(ok, key=lambda r: (r["sensitivity"], -r["threshold"]))
-    before = Classifier(detector).info.threshold
+    before = det.info.threshold
     set_threshold(detector, best["threshold"])
     log.info("detector threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
              best["threshold"], detector, best["sensitivity"], best["background_events_per_hour"])
@@ -414,13 +416,11 @@ def plot_sweep(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _held_out_audio(s: StreamSettings, detector: Path) -> tuple:
-    from edge.inference import Classifier
-
-    rate = Classifier(detector).info.sample_rate
+def _held_out_audio(s: StreamSettings, rate: int) -> tuple[list[D.Clip], list[D.Clip]]:
+    """The held-out coughs and other sounds of ``s.split``, decoded at ``rate``."""
     cough_labels = {x for x in s.cough_labels.split(",") if x}
-    return (held_out(s.coughs, s.cough_labels, s, rate), held_out(s.sounds, s.sound_labels, s, rate,
-                                                                     exclude=cough_labels), rate)
+    return (held_out(s.coughs, s.cough_labels, s, rate),
+            held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels))
 
 
 def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:

@@ -83,7 +83,6 @@ def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool
             raise ValueError("--int8 needs --calibration <manifest> (audio to calibrate activations on)")
         spec = model.spec
         clips = D.load_audio(D.load_manifest(calibration)[:128], spec.sample_rate, min_samples=spec.sample_rate // 10)
-        ws = manifest_windows(clips, clips, (clips[0].label,) + tuple({c.label for c in clips} - {clips[0].label}),
-                              mode=spec.pad, sample_rate=spec.sample_rate, window=spec.window_samples,
+        ws = manifest_windows(clips, clips, tuple(sorted({c.label for c in clips})), mode=spec.pad, sample_rate=spec.sample_rate, window=spec.window_samples,
                               pre_roll=spec.pre_roll_samples, seed=0)
         quantize_int8(out, out.with_suffix(".int8.onnx"), ws.windows[:128], kind=spec.kind)

@@ -59,6 +59,11 @@ def _piece(i: int, clip: Clip, maker: SceneMaker, scene, own: list[int], room: l
     return i, maker.windows(scene, own + room, window, pre_roll), targets
 
 
+def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
+    """One onset drawn from ``onsets`` (none from none)."""
+    return [onsets[int(rng.integers(len(onsets)))]] if onsets else []
+
+
 def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
                      pre_roll: int, seed: int, room_label: str = "", progress: bool = True) -> WindowSet:
     """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each, and
@@ -72,12 +77,10 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
             rng = seeded_rng(seed, "train", clip.sha256, k)
             scene = maker.scene(clip, rng)
             own, room = maker.split_anchors(scene)
-            pick = lambda xs: [xs[int(rng.integers(len(xs)))]] if xs else []  # noqa: E731
-            if own:
-                heard = True
+            heard = heard or bool(own)
             if own or (room and room_label):
-                pieces.append(_piece(i, clip, maker, scene, pick(own), pick(room), labels, room_label, window,
-                                     pre_roll))
+                pieces.append(_piece(i, clip, maker, scene, _one(own, rng), _one(room, rng), labels, room_label,
+                                     window, pre_roll))
         unheard += not heard
     return _collect(pieces, window, unheard)
 
