@@ -45,6 +45,10 @@ class OnsetSettings:
     """Time constant, in seconds, with which the noise floor rises towards louder background."""
     floor_fall_s: float = 0.2
     """Time constant, in seconds, with which the noise floor falls towards quieter background."""
+    merge_gap_ms: float = 100.0
+    """One cough, one event: a sound that starts less than this many milliseconds after the end of an accepted
+    cough's sound (or of a sound already merged into it) is that cough's next phase, not a new cough; the
+    chain is capped at ``max_duration_ms`` from the cough's onset. 0 = every accepted sound is its own event."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -59,6 +63,8 @@ class OnsetSettings:
         for name in ("retrigger_db", "min_gap_ms", "refractory_ms", "hangover_ms", "max_duration_ms", "floor_rise_s", "floor_fall_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
+        if not 0 <= self.merge_gap_ms <= 2000:
+            raise ValueError(f"merge_gap_ms = {self.merge_gap_ms} must be in [0, 2000] ms")
         for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory

@@ -33,6 +33,8 @@ class Counters:
     """Sounds the cough detector accepted (published)."""
     rejected: int = 0
     """Sounds the cough detector judged not to be coughs."""
+    merged: int = 0
+    """Sounds that followed an accepted cough without a gap (its later phases): part of its event, not new ones."""
     samples: int = 0
     """Audio samples processed."""
     busy_s: float = 0.0
@@ -72,6 +74,9 @@ class Pipeline:
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0
         self._pending: list[Sound] = []
+        self._merge_gap = round(self.onset.s.merge_gap_ms * self.sample_rate / 1000)
+        self._merge_max = round(self.onset.s.max_duration_ms * self.sample_rate / 1000)
+        self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
         self.counters = Counters()
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
@@ -144,6 +149,8 @@ class Pipeline:
         events, keep = [], []
         for sound in self._pending:
             if final or sound.onset + self._after <= end:
+                if self._continues_cough(sound):
+                    continue
                 event = self._classify(sound, t_complete)
                 if event is not None:
                     events.append(event)
@@ -151,6 +158,18 @@ class Pipeline:
                 keep.append(sound)
         self._pending = keep
         return events
+
+    def _continues_cough(self, sound: Sound) -> bool:
+        """True (and the chain extended) when ``sound`` is a later phase of the latest accepted cough: it starts
+        less than ``merge_gap_ms`` after the chain's end, within ``max_duration_ms`` of the cough's onset."""
+        if self._cough is None or not self._merge_gap:
+            return False
+        onset, chain_end = self._cough
+        if sound.onset - chain_end >= self._merge_gap or sound.onset - onset >= self._merge_max:
+            return False
+        self._cough = (onset, max(chain_end, sound.offset))
+        self.counters.merged += 1
+        return True
 
     def _window(self, sound: Sound, model: Classifier) -> np.ndarray:
         return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
@@ -162,6 +181,7 @@ class Pipeline:
         if cough_score < self.detector_threshold:
             self.counters.rejected += 1
             return None
+        self._cough = (sound.onset, sound.offset)
         info = self.classifier.info
         probs = self.classifier(self._window(sound, self.classifier)[None])[0]
         if probs[info.positive_index] >= info.threshold:

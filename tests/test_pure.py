@@ -463,3 +463,47 @@ def test_pipeline_memory_stays_bounded_when_sounds_never_stop():
         expected = audio[start:start + 48000]
         np.testing.assert_array_equal(window[:expected.size], expected)
         assert not window[expected.size:].any(), "past the end of the stream the window is zero-padded"
+
+
+def _two_phase_cough_then_a_bout_cough() -> tuple[np.ndarray, list[int]]:
+    """Noise floor; at 2 s a cough in two phases 60 ms apart; 350 ms after its end the bout's next cough."""
+    rng = np.random.default_rng(5)
+    audio = (0.002 * rng.standard_normal(16000 * 6)).astype(np.float32)
+    starts = [32000, 32000 + 2400 + 960, 32000 + 2 * 2400 + 960 + 5600]
+    for start in starts:
+        audio[start:start + 2400] += (0.4 * rng.standard_normal(2400)).astype(np.float32)
+    return audio, starts
+
+
+@pytest.mark.parametrize("chunk", [160, 1600, 7000])
+def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_another(chunk):
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio, (first, phase, second) = _two_phase_cough_then_a_bout_cough()
+    counts = {}
+    for gap_ms in (0.0, 100.0):
+        detector = _RecordingModel("det", 16000, 1600, [0.9, 0.1])
+        events = []
+        pipe = Pipeline(detector, _RecordingModel("cls", 16000, 1600, [0.7, 0.3]), "dev", events.append,
+                        onset=OnsetDetector(16000, OnsetSettings(merge_gap_ms=gap_ms)), synced=True)
+        for start in range(0, audio.size, chunk):
+            pipe.feed(audio[start:start + chunk])
+        pipe.flush()
+        counts[gap_ms] = ([e.onset_sample for e in events], pipe.counters.merged, len(detector.windows))
+    onsets, merged, scored = counts[0.0]
+    assert len(onsets) == 3 and merged == 0, "without merging each phase is an event"
+    for got, want in zip(onsets, (first, phase, second)):
+        assert abs(got - want) <= 320
+    onsets, merged, scored = counts[100.0]
+    assert merged == 1 and scored == 2, "the second phase joins the first cough and is not even scored"
+    assert [abs(o - w) <= 320 for o, w in zip(onsets, (first, second))] == [True, True]
+
+
+def test_merge_gap_is_bounded():
+    from edge.onset import OnsetSettings
+
+    with pytest.raises(ValueError, match="merge_gap_ms = -1.0 must be in"):
+        OnsetSettings(merge_gap_ms=-1.0)
+    with pytest.raises(ValueError, match="merge_gap_ms = nan must be a finite number"):
+        OnsetSettings(merge_gap_ms=float("nan"))
