@@ -41,12 +41,46 @@ def test_tagger_slides_over_the_window_and_maps_its_classes_onto_our_labels(tagg
     np.testing.assert_allclose(scores[1], sig(np.array([-1.0, -2.0, 0.0])), rtol=1e-5)
     probs = torch.softmax(teacher(torch.from_numpy(x)), -1).numpy()
     np.testing.assert_allclose(probs[:, 0], scores[:, 1], rtol=1e-5)  # P(cough) = the tagger's Cough score
-    with pytest.raises(ValueError, match="unknown: \\['Laughing'\\]"):
+    with pytest.raises(ValueError, match="'Laughing' is not one of the tagger's classes"):
         build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
                       classes="Laughing")
     with pytest.raises(ValueError, match="hears 16000 Hz audio but data.sample_rate is 8000 Hz"):
         build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
                       sample_rate=8000)
+
+
+def test_class_names_with_commas_are_read_whole():
+    from trainer.tagger import parse_class_names
+
+    known = ["Cough", "Crying, sobbing", "Dishes, pots, and pans", "Speech"]
+    assert parse_class_names("Cough,Crying, sobbing,Dishes, pots, and pans, Speech", known, "x") == [
+        "Cough", "Crying, sobbing", "Dishes, pots, and pans", "Speech"]
+    with pytest.raises(ValueError, match="kd.aux_classes = 'Cough,Crying': 'Crying' is not one"):
+        parse_class_names("Cough,Crying", known, "kd.aux_classes")
+    with pytest.raises(ValueError, match="give at least one"):
+        parse_class_names(" , ", known, "kd.aux_classes")
+
+
+def test_auxiliary_soft_target_term_is_weighted_and_logged():
+    from trainer.losses import kd_loss, soft_target_bce
+    from trainer.models import build_cnn_student
+    from trainer.train import make_kd_step
+
+    torch.manual_seed(0)
+    student = build_cnn_student(("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
+                                widths=(4, 8), aux_classes=("Speech", "Sneeze")).eval()
+    x, y, idx = torch.randn(3, 4000) * 0.1, torch.tensor([0, 1, 0]), torch.tensor([2, 0, 1])
+    teacher, aux = torch.randn(3, 2), torch.rand(3, 2)
+    terms = make_kd_step(teacher, alpha=0.5, temperature=2.0, feature_weight=0.0, aux_targets=aux,
+                         aux_weight=0.25)(student, x, y, idx)
+    logits, aux_logits = student(x, return_aux=True)
+    expected_aux = soft_target_bce(aux_logits, aux[idx])
+    assert torch.allclose(terms["aux"], expected_aux)
+    kd = kd_loss(logits, teacher[idx], y, alpha=0.5, temperature=2.0)["loss"]
+    assert torch.allclose(terms["loss"], kd + 0.25 * expected_aux)
+    assert student(x).shape == (3, 2), "the exported forward is the main head only"
+    with pytest.raises(AssertionError, match="aux_weight must be >= 0"):
+        make_kd_step(teacher, alpha=0.5, temperature=2.0, feature_weight=0.0, aux_targets=aux, aux_weight=-1)
 
 
 def test_tagger_settings_are_checked():
@@ -68,11 +102,19 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
     assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", f"onnx:{tagger}", "--teacher-epochs",
                  "0", "--student-epochs", "1", "--student-widths", "4,8", "--data-val-fraction", "0.25",
                  "--data-test-fraction", "0.25", "--run-bootstrap", "10", "--data-background",
-                 str(DATA / "room-sample"), "--out", str(out)]) == 0
+                 str(DATA / "room-sample"), "--kd-aux-teacher", f"onnx:{tagger}", "--kd-aux-classes", "Speech,Sneeze",
+                 "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["teacher"]["source"] == f"onnx:{tagger}"
-    assert report["history"]["teacher"] == [] and {"kl", "ce"} <= set(report["history"]["student"][0])
+    assert report["history"]["teacher"] == [] and {"kl", "ce", "aux"} <= set(report["history"]["student"][0])
+    assert torch.load(out / "aux_cache.pt", weights_only=True)["scores"].shape[1] == 2
+    student = load_checkpoint(out / "student")
+    assert student.spec.aux_classes == ("Speech", "Sneeze")
+    from edge.inference import Classifier
+
+    assert "soft targets of onnx:" in Classifier(out / "student.int8.onnx").info.teacher
     teacher = load_checkpoint(out / "teacher")
     assert teacher.spec.kind == "onnx-tagger" and teacher.spec.classes == "Cough"
     assert count_parameters(teacher) == report["parameters"]["teacher"]
-    assert "used frozen" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "used frozen" in card and "auxiliary head" in card and "Speech,Sneeze" in card

@@ -21,6 +21,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return {"loss": loss, "kl": kl, "ce": ce}
 
 
+def soft_target_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of independent class logits against a tagger's soft scores in [0, 1], batch-mean."""
+    assert logits.shape == targets.shape, f"aux logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}"
+    return F.binary_cross_entropy_with_logits(logits, targets.clamp(0.0, 1.0))
+
+
 def feature_penalty(features: torch.Tensor) -> torch.Tensor:
     """Mean squared activation of the student's CNN features (the seed's activation penalty)."""
     return features.float().pow(2).mean()

@@ -47,6 +47,9 @@ class ModelSpec:
     band_stats: bool = False
     """``cnn`` only: the head also sees each mel band's mean and standard deviation over time of the log-mel
     input (the classical reference's features), batch-normalised: a skip path past the conv blocks."""
+    aux_classes: tuple[str, ...] = ()
+    """``cnn`` only: classes of a pretrained tagger whose soft scores an auxiliary head learned in training
+    (``--kd-aux-teacher``); the head is not part of the exported model."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -56,6 +59,7 @@ class ModelSpec:
         raw = json.loads(text)
         raw["labels"] = tuple(raw["labels"])
         raw["widths"] = tuple(raw.get("widths", cls.widths))
+        raw["aux_classes"] = tuple(raw.get("aux_classes", ()))
         return cls(**raw)
 
 
@@ -88,9 +92,11 @@ class CnnStudent(nn.Module):
             self.band_norm = nn.BatchNorm1d(2 * self.frontend.cfg.n_mels)
             n_pooled += 2 * self.frontend.cfg.n_mels
         self.head = nn.Linear(n_pooled, len(spec.labels))
+        self.aux_head = nn.Linear(n_pooled, len(spec.aux_classes)) if spec.aux_classes else None
 
-    def forward(self, audio: torch.Tensor, return_features: bool = False):
-        """Logits; with ``return_features`` also the CNN activations before pooling (for the feature penalty)."""
+    def forward(self, audio: torch.Tensor, return_features: bool = False, return_aux: bool = False):
+        """Logits; with ``return_features`` also the CNN activations before pooling (for the feature penalty), with
+        ``return_aux`` also the auxiliary head's logits (one per ``spec.aux_classes``), in that order."""
         logmel = self.frontend(audio)  # [batch, 1, mels, frames]
         features = self.body(logmel)  # [batch, channels, mels', frames']
         if self.spec.pooling == "meanstd":
@@ -99,8 +105,13 @@ class CnnStudent(nn.Module):
             pooled = features.mean(dim=(2, 3))
         if self.spec.band_stats:
             pooled = torch.cat([pooled, self.band_norm(_mean_std_over_time(logmel.squeeze(1)))], dim=1)
-        logits = self.head(self.dropout(pooled))
-        return (logits, features) if return_features else logits
+        pooled = self.dropout(pooled)
+        logits = self.head(pooled)
+        if not (return_features or return_aux):
+            return logits
+        if return_aux and self.aux_head is None:
+            raise ValueError("this student has no auxiliary head (spec.aux_classes is empty)")
+        return (logits, *([features] if return_features else []), *([self.aux_head(pooled)] if return_aux else []))
 
 
 def _mean_std_over_time(x: torch.Tensor) -> torch.Tensor:
@@ -204,7 +215,8 @@ def _wants_normalisation(source: str) -> bool:
 def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_samples: int,
                       pre_roll_samples: int, pad: str = "context", widths: tuple[int, ...] = ModelSpec.widths,
                       pooling: str = "mean", f_max_hz: float = FrontendConfig.f_max,
-                      band_stats: bool = False, sample_rate: int = 16000) -> CnnStudent:
+                      band_stats: bool = False, sample_rate: int = 16000,
+                      aux_classes: tuple[str, ...] = ()) -> CnnStudent:
     if not 1000 <= f_max_hz <= sample_rate / 2:
         raise ValueError(f"student.f_max_hz = {f_max_hz} must be in [1000, {sample_rate / 2:g}] Hz "
                          f"(half the sample rate, {sample_rate} Hz)")
@@ -215,7 +227,7 @@ def build_cnn_student(labels: tuple[str, ...], positive_label: str, *, window_sa
     spec = ModelSpec(kind="cnn", labels=labels, positive_label=positive_label, sample_rate=sample_rate,
                      window_samples=window_samples,
                      pre_roll_samples=pre_roll_samples, pad=pad, source="cnn", frontend=frontend,
-                     widths=tuple(widths), pooling=pooling, band_stats=band_stats)
+                     widths=tuple(widths), pooling=pooling, band_stats=band_stats, aux_classes=tuple(aux_classes))
     return CnnStudent(spec)
 
 

@@ -26,7 +26,7 @@ from .models import build_cnn_student, build_teacher, build_w2v_small, count_par
 from .report import write_model_card, write_report
 from .settings import Settings
 from .train import (CropDataset, WindowSet, balanced_loader, ce_step, evaluation_windows, fit, make_kd_step,
-                    predict_logits, softmax, teacher_cache, training_windows)
+                    predict_logits, softmax, tagger_cache, teacher_cache, training_windows)
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +141,42 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict
 
 
 def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, common: dict):
-    """The student against cached teacher outputs on the clean training windows."""
+    """The student against cached teacher outputs on the clean training windows (and, with ``--kd-aux-teacher``,
+    a pretrained tagger's cached class scores for its auxiliary head)."""
     cached = teacher_cache(teacher, CropDataset(rd.train, None, s.run.seed), out / "teacher_cache.pt", accelerator)
+    aux_classes, aux_targets = aux_soft_targets(s, rd, out, accelerator)
     if s.student.kind == "cnn":
         student = build_cnn_student(rd.labels, rd.positive, window_samples=rd.window, pre_roll_samples=rd.pre_roll,
                                     pad=s.data.pad, widths=tuple(int(w) for w in s.student.widths.split(",")),
                                     pooling=s.student.pooling, f_max_hz=s.student.f_max_hz,
-                                    band_stats=s.student.band_stats, sample_rate=s.data.sample_rate)
+                                    band_stats=s.student.band_stats, sample_rate=s.data.sample_rate,
+                                    aux_classes=aux_classes)
         lr = s.student.lr or 3e-3
     else:
         student = build_w2v_small(teacher.cpu(), s.student.layers)
         teacher.to(accelerator.device)
         lr = s.student.lr or 2.5e-5
     aug_ds = CropDataset(rd.train, s.augment if s.augment.apply else None, s.run.seed + 1, s.data.sample_rate)
-    step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight)
+    step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight,
+                        aux_targets=aux_targets, aux_weight=s.kd.aux_weight)
     loader = balanced_loader(aug_ds, s.student.batch_size, s.run.seed + 1, len(rd.parts["train"]))
     return fit(student, loader, step, epochs=s.student.epochs, lr=lr, desc="student", **common)
+
+
+def aux_soft_targets(s: Settings, rd: RunData, out: Path, accelerator) -> tuple[tuple[str, ...], torch.Tensor | None]:
+    """``--kd-aux-teacher``'s class names and its cached scores of them on every clean training window."""
+    if not s.kd.aux_teacher:
+        return (), None
+    from .tagger import PREFIX, OnnxTagger, parse_class_names, read_class_names
+
+    path = s.kd.aux_teacher[len(PREFIX):]
+    names = parse_class_names(s.kd.aux_classes, read_class_names(Path(path)), "kd.aux_classes")
+    tagger = OnnxTagger(path, rd.labels, rd.positive, names[0], s.data.sample_rate)
+    columns = [tagger.class_names.index(n) for n in names]
+    scores = tagger_cache(tagger, columns, CropDataset(rd.train, None, s.run.seed), out / "aux_cache.pt", accelerator)
+    log.info("auxiliary soft targets: %d classes of %s, mean score %s", len(names), path,
+             ", ".join(f"{n}={v:.3f}" for n, v in zip(names, scores.mean(0).tolist())))
+    return tuple(names), scores
 
 
 def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict, threshold: float) -> tuple:
@@ -165,7 +185,7 @@ def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict
 
     sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
     train_data = f"{sets} ({len(rd.parts['train'])} train clips, seed {s.run.seed}, {s.data.pad} scenes)"
-    meta = contract_metadata(student.spec, threshold=threshold, train_data=train_data, teacher=s.teacher.source,
+    meta = contract_metadata(student.spec, threshold=threshold, train_data=train_data, teacher=s.teacher.source + (f" + soft targets of {s.kd.aux_teacher}" if s.kd.aux_teacher else ""),
                              metrics=summary)
     parity = export_onnx(student, out / "student.onnx", meta, name=out.name, seed=s.run.seed)
     files = {"student.onnx": out / "student.onnx"}

@@ -195,6 +195,17 @@ def data_attribution(manifests: str) -> list[str]:
     return lines
 
 
+def aux_note(kd: dict) -> str:
+    """The model card's sentence on ``--kd-aux-teacher`` (empty without one)."""
+    if not kd.get("aux_teacher"):
+        return ""
+    source = kd["aux_teacher"]
+    return (f" An auxiliary head (used in training only, not part of the exported model) learned the soft scores of "
+            f"the pretrained tagger `{source}` for `{kd.get('aux_classes', '')}` on every training window, weight "
+            f"{kd.get('aux_weight', 0):g}. " + TAGGERS.get("yamnet" if "yamnet" in source else "",
+                                                         "Check its licence before sharing this model."))
+
+
 def write_model_card(out: Path, report: dict) -> None:
     s = report["settings"]
     preset = s["teacher"]["source"].startswith("preset:")
@@ -207,6 +218,7 @@ def write_model_card(out: Path, report: dict) -> None:
                     f"`{report['positive_label']}`. " + TAGGERS.get("yamnet" if "yamnet" in s["teacher"]["source"] else "",
                                                               "Check its licence before sharing this model.")
                     if tagger else f"The teacher was fine-tuned from `{s['teacher']['source']}`.")
+    teacher_note += aux_note(s.get("kd", {}))
     card = [f"# Model card: {out.name}", "", CAVEAT, "",
             "## What it is",
             f"A {s['student']['kind']} student ({report['parameters']['student']:,} parameters) distilled from a "

@@ -106,6 +106,15 @@ class KdSettings:
     """Softmax temperature for the KL term (> 0)."""
     feature_weight: float = 0.0
     """Weight of the penalty on the student's CNN activations (>= 0)."""
+    aux_teacher: str = ""
+    """``onnx:PATH`` of a pretrained audio tagger (e.g. YAMNet) whose class scores an auxiliary head of the cnn
+    student learns as soft targets, on every training window whatever its label (empty = none)."""
+    aux_classes: str = ("Cough,Throat clearing,Sneeze,Sniff,Laughter,Speech,Singing,Breathing,Gasp,Wheeze,Snoring,"
+                        "Crying, sobbing,Shout,Music,Clapping,Knock,Slam,Dishes, pots, and pans,Animal")
+    """The tagger's class names the auxiliary head learns, comma-separated (a name that holds commas, such as
+    ``Crying, sobbing``, is recognised as a whole)."""
+    aux_weight: float = 0.5
+    """Weight of the auxiliary soft-target (binary cross-entropy) term (>= 0)."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,10 @@ class Settings:
             (0 <= k.alpha <= 1, "kd.alpha", k.alpha, "must be in [0, 1]"),
             (k.temperature > 0, "kd.temperature", k.temperature, "must be > 0"),
             (k.feature_weight >= 0, "kd.feature_weight", k.feature_weight, "must be >= 0"),
+            (k.aux_weight >= 0, "kd.aux_weight", k.aux_weight, "must be >= 0"),
+            (not k.aux_teacher or k.aux_teacher.startswith("onnx:"), "kd.aux_teacher", k.aux_teacher,
+             "must be onnx:PATH of a pretrained tagger"),
+            (not k.aux_teacher or s.kind == "cnn", "student.kind", s.kind, "must be cnn for an auxiliary head"),
             (t.lr >= 0 and s.lr >= 0, "lr", (t.lr, s.lr), "must be >= 0"),
         ]
         for ok, key, value, why in checks:

@@ -35,6 +35,27 @@ def read_class_names(model: Path) -> list[str]:
         return [row["display_name"] for row in csv.DictReader(fh)]
 
 
+def parse_class_names(text: str, known: list[str], setting: str) -> list[str]:
+    """Comma-separated class names of a tagger; a name that itself holds commas (YAMNet's ``Crying, sobbing``) is
+    recognised as a whole. Unknown names are a clear error naming ``setting``."""
+    parts, names, i = [p.strip() for p in text.split(",")], [], 0
+    known_set = set(known)
+    while i < len(parts):
+        for j in range(len(parts), i, -1):  # the longest run of pieces that names a class
+            if ", ".join(parts[i:j]) in known_set:
+                names.append(", ".join(parts[i:j]))
+                i = j
+                break
+        else:
+            if parts[i]:
+                raise ValueError(f"{setting} = {text!r}: {parts[i]!r} is not one of the tagger's classes "
+                                 f"(e.g. {', '.join(known[:3])}; see class_map.csv)")
+            i += 1
+    if not names:
+        raise ValueError(f"{setting} = {text!r}: give at least one of the tagger's class names, e.g. 'Cough'")
+    return names
+
+
 class OnnxTagger(nn.Module):
     """A frozen tagger with the teacher interface: ``[batch, samples]`` audio -> logits over our labels."""
 
@@ -50,11 +71,7 @@ class OnnxTagger(nn.Module):
             raise ValueError(f"teacher {PREFIX}{path} hears {TAGGER_RATE} Hz audio but data.sample_rate is "
                              f"{sample_rate} Hz")
         self.class_names = read_class_names(self.path)
-        wanted = [c.strip() for c in classes.split(",") if c.strip()]
-        unknown = [c for c in wanted if c not in self.class_names]
-        if not wanted or unknown:
-            raise ValueError(f"teacher.classes = {classes!r}: give the tagger's class names for "
-                             f"{positive_label!r}, comma-separated; unknown: {unknown}; e.g. 'Cough'")
+        wanted = parse_class_names(classes, self.class_names, "teacher.classes")
         self.positive_columns = [self.class_names.index(c) for c in wanted]
         self.labels, self.positive = labels, labels.index(positive_label)
         self.session = make_session(self.path)

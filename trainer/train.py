@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from .augment import AugmentSettings, augment
 from .context import SceneMaker, seeded_rng
 from .data import Clip, ManifestError
-from .losses import feature_penalty, kd_loss, warmup_linear
+from .losses import feature_penalty, kd_loss, soft_target_bce, warmup_linear
 
 log = logging.getLogger(__name__)
 
@@ -210,17 +210,26 @@ def ce_step(model, x, y, idx):
     return {"loss": nn.functional.cross_entropy(model(x), y)}
 
 
-def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: float, feature_weight: float) -> StepFn:
-    """Distillation step against cached teacher logits (indexed by crop)."""
+def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: float, feature_weight: float,
+                 aux_targets: torch.Tensor | None = None, aux_weight: float = 0.0) -> StepFn:
+    """Distillation step against cached teacher logits (indexed by crop); with ``aux_targets`` (a tagger's cached
+    soft scores per crop) the student's auxiliary head learns them too, weighted ``aux_weight``."""
+    assert aux_weight >= 0.0, f"aux_weight must be >= 0, got {aux_weight}"
+    use_aux = aux_targets is not None and aux_weight > 0
 
     def step(model, x, y, idx):
         # Always through the (possibly DDP-wrapped) model's forward, so gradients synchronise.
-        logits, feats = model(x, return_features=True) if feature_weight > 0 else (model(x), None)
+        outputs = model(x, return_features=feature_weight > 0, return_aux=use_aux) \
+            if feature_weight > 0 or use_aux else (model(x),)
+        logits = outputs[0]
         terms = kd_loss(logits.float(), teacher_logits[idx.cpu()].to(logits.device), y,
                         alpha=alpha, temperature=temperature)
-        if feats is not None:
-            terms["feature"] = feature_penalty(feats)
+        if feature_weight > 0:
+            terms["feature"] = feature_penalty(outputs[1])
             terms["loss"] = terms["loss"] + feature_weight * terms["feature"]
+        if use_aux:
+            terms["aux"] = soft_target_bce(outputs[-1].float(), aux_targets[idx.cpu()].to(logits.device))
+            terms["loss"] = terms["loss"] + aux_weight * terms["aux"]
         return terms
 
     return step
@@ -241,17 +250,35 @@ def teacher_cache(teacher: nn.Module, ds: CropDataset, path: Path, accelerator) 
     Reused only when both the windows (by content hash) and the teacher's weights match, so a re-run into the
     same folder with other data, scenes or another or retrained teacher recomputes.
     """
-    keys = ds.ws.keys
-    digest = weights_digest(teacher)
+    return cached_outputs(path, ds.ws.keys, weights_digest(teacher), accelerator, "logits", lambda clean: torch.from_numpy(
+        predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs")), ds)
+
+
+def tagger_cache(tagger, columns: list[int], ds: CropDataset, path: Path, accelerator) -> torch.Tensor:
+    """A frozen tagger's scores of ``columns`` for every training crop (clean audio), cached like the teacher's:
+    keyed by the windows, the tagger file's digest and the columns."""
+    from tqdm import tqdm
+
+    def compute(clean: np.ndarray) -> torch.Tensor:
+        rows = [tagger.class_scores(clean[i:i + 1])[0, columns]
+                for i in tqdm(range(len(clean)), desc="tagger outputs", unit="window", leave=False)]
+        return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+    digest = weights_digest(tagger) + ":" + ",".join(map(str, columns))
+    return cached_outputs(path, ds.ws.keys, digest, accelerator, "scores", compute, ds)
+
+
+def cached_outputs(path: Path, keys: str, digest: str, accelerator, name: str,
+                   compute: Callable[[np.ndarray], torch.Tensor], ds: CropDataset) -> torch.Tensor:
+    """``compute(clean windows)``, or what ``path`` holds when it was made for the same windows and model."""
     if path.is_file():
         cached = torch.load(path, weights_only=True)
         if cached.get("keys") == keys and cached.get("teacher") == digest:
-            log.info("teacher outputs: reusing %s", path)
-            return cached["logits"]
-        log.info("teacher outputs: %s was made for other crops or another teacher; recomputing", path)
-    clean = np.stack([ds.clean(i) for i in range(len(ds))])
-    logits = torch.from_numpy(predict_logits(teacher, clean, accelerator=accelerator, desc="teacher outputs"))
+            log.info("%s: reusing %s", name, path)
+            return cached[name]
+        log.info("%s: %s was made for other crops or another model; recomputing", name, path)
+    outputs = compute(np.stack([ds.clean(i) for i in range(len(ds))]))
     if accelerator.is_main_process:
-        torch.save({"keys": keys, "teacher": digest, "logits": logits}, path)
+        torch.save({"keys": keys, "teacher": digest, name: outputs}, path)
     accelerator.wait_for_everyone()
-    return logits
+    return outputs
