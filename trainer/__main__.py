@@ -86,6 +86,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="on a validation stream (--stream-split val): sweep the detector's threshold, write the most "
                         "sensitive one within --stream-max-false-per-hour into the detector file")
 
+    p = sub.add_parser("negatives", help="build a manifest of non-cough sounds from Debian packages",
+                       description="Download Debian packages that ship recorded sound (apt-get download, dpkg -x), "
+                                   "take each audio file's licence from the package's copyright file, and write "
+                                   "16 kHz mono FLAC, manifest.csv (label 'other') and SOURCES.md to --out. Files "
+                                   "whose name suggests a cough are left out.")
+    p.add_argument("--out", type=Path, required=True, help="folder for audio/, manifest.csv and SOURCES.md")
+    p.add_argument("--packages", default="hedgewars-data,tuxpaint-stamps-default,klettres-data,sonic-pi-samples,"
+                                         "asterisk-core-sounds-en-wav",  # = trainer.negatives.DEFAULT_PACKAGES
+                   help="comma-separated Debian packages")
+    p.add_argument("--workdir", type=Path, default=None, help="where the .deb files are downloaded and extracted "
+                                                               "(default: <out>-debs; a .deb already there is reused)")
+    p.add_argument("--allow-unknown-licence", action="store_true",
+                   help="keep files whose licence the copyright file does not tell (default: excluded)")
+    p.add_argument("--max-clips-per-package", type=int, default=1500,
+                   help="at most this many clips per package, drawn by --seed one group (speaker, set) at a time")
+    p.add_argument("--seed", type=int, default=0, help="seed of that draw")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -114,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             from .benchmark import run_benchmark
 
             run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
+        elif args.command == "negatives":
+            from .negatives import run
+
+            run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
+                allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
+                seed=args.seed, command="trainer " + shlex.join(argv))
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2
