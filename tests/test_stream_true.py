@@ -154,6 +154,20 @@ def test_stream_builder_places_sounds_at_known_times_and_levels_deterministicall
     assert onsets == sorted(onsets) and min(np.diff(onsets)) >= RATE
 
 
+def test_stream_room_keeps_to_its_labels_and_sounds_are_named_by_their_class_column():
+    from trainer.stream import build_stream
+
+    coughs, sounds = _clips(DATA / "covid-sample", 2), _clips(DATA / "room-sample")
+    for clip in sounds:
+        clip.extra["sound_hint"] = "hum" if clip.label == "vowel" else ""
+    s = _stream_settings(room_labels="breathing", sound_class_by="sound_hint", room_share=0.9)
+    _, truth, room = build_stream(coughs, sounds, s, RATE, "source")
+    assert room and {c.label for c in room} == {"breathing"}
+    placed = {p.cls for p in truth if p.kind == "sound"}
+    assert "vowel" not in placed and placed <= {"hum", "counting", "breathing"}, "an empty class column falls back"
+    assert "hum" in placed and "counting" in placed
+
+
 def test_stream_metrics_on_hand_made_events():
     from trainer.stream import Placed, StreamEvent, score_stream
 

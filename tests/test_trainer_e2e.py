@@ -127,6 +127,15 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert a["coughs"]["n"] >= 1 and set(a["coughs_by_level"]) == {"10", "35"}
     assert a["models"]["detector"]["threshold"] == a["models"]["classifier"]["threshold"]
     assert "classifier_on_events" in a and "by_group" in a["classifier_clip_level"]
+    gate = a["onset_gate"]["coughs"]
+    assert gate["n"] == a["coughs"]["n"] and gate["with_event"] >= a["coughs"]["with_event"], \
+        "every event is at an onset, so the onset detector alone finds at least what the pipeline does"
+    assert a["onset_settings"]["merge_gap_ms"] == 100.0
+    assert main([*args, "--onset-merge-gap-ms", "0", "--stream-sound-class-by", "participant",
+                 "--out", str(tmp_path / "c.json")]) == 0
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["onset_settings"]["merge_gap_ms"] == 0.0 and c["coughs"]["n"] == a["coughs"]["n"]
+    assert "label" not in c["sounds_by_class"] and len(c["sounds_by_class"]) >= 1
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
     assert "cough sensitivity" in (tmp_path / "a.md").read_text()

@@ -22,7 +22,7 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
     if args.choose_detector_threshold:
         from .stream import choose_detector_threshold
 
-        chosen = choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier))
+        chosen = choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset)
         chosen["command"] = "trainer " + shlex.join(argv)
         print(json.dumps(chosen["chosen"], indent=2))
         if args.out:
@@ -32,7 +32,8 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
             plot_sweep(chosen, args.out.with_suffix(".png"))
         return
     result = run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
-                        detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold)
+                        detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
+                        onset=cmd.onset)
     result["command"] = "trainer " + shlex.join(argv)
     print("\n".join(markdown(result)))
     if args.out:

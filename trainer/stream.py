@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.onset import OnsetSettings
 from edge.settings import ModelSettings
 
 from . import data as D
@@ -73,6 +74,12 @@ class StreamSettings:
     """Share of the non-cough recordings' groups that make the room instead of being placed."""
     group_by: str = "source"
     """Column whose values the classifier's ROC-AUC is also reported for."""
+    sound_class_by: str = "label"
+    """Column that names a placed non-cough sound's class in the report (e.g. ``sound_hint`` for the manifest of
+    `trainer negatives`); a row with no value there is named by its label."""
+    room_labels: str = ""
+    """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
+    only, while effects and laughter are placed as sounds."""
     max_false_per_hour: float = 10.0
     """With ``--choose-detector-threshold``: the most background events per hour the chosen threshold may raise."""
 
@@ -168,9 +175,11 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
                  group_by: str = "") -> tuple[np.ndarray, list[Placed], list[D.Clip]]:
     """The stream, its truth, and the recordings its room is made of (deterministic by ``s.seed``)."""
     rng = seeded_rng(s.seed, "stream", s.split)
-    groups = sorted({c.group or c.sha256 for c in sounds})
+    room_labels = {x for x in s.room_labels.split(",") if x}
+    may_be_room = [c for c in sounds if not room_labels or c.label in room_labels]
+    groups = sorted({c.group or c.sha256 for c in may_be_room})
     room_groups = {g for g in groups if seeded_rng(s.seed, "room", g).random() < s.room_share}
-    room = [c for c in sounds if (c.group or c.sha256) in room_groups]
+    room = [c for c in may_be_room if (c.group or c.sha256) in room_groups]
     placed_sounds = [c for c in sounds if (c.group or c.sha256) not in room_groups]
     if not room:
         raise D.ManifestError(f"no non-cough recordings left for the room in the {s.split} split")
@@ -183,7 +192,8 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         margin = round(0.05 * sample_rate)
         a, b = max(0, lo - margin), min(item.clip.audio.size, hi + margin)
         excerpts.append((t, item.clip.audio[a:b].copy()))
-        truth.append(Placed(item.kind, item.clip.label, item.clip.column(group_by) if group_by else "",
+        cls = (item.clip.extra.get(s.sound_class_by) or item.clip.label) if item.kind == "sound" else item.clip.label
+        truth.append(Placed(item.kind, cls, item.clip.column(group_by) if group_by else "",
                             str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
@@ -287,13 +297,14 @@ def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> 
 
 
 def run_daemon_pipeline(det, cls, stream: np.ndarray, detector_threshold: float | None = None,
-                        chunk: int = 1600) -> tuple[list[StreamEvent], float]:
+                        onset: OnsetSettings | None = None, chunk: int = 1600) -> tuple[list[StreamEvent], float]:
     """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does, with the loaded detector and classifier
-    (``edge.inference.Classifier``); its events and the seconds it took."""
+    (``edge.inference.Classifier``) and onset settings; its events and the seconds it took."""
+    from edge.onset import OnsetDetector
     from edge.pipeline import Pipeline
 
     pipe = Pipeline(det, cls, "stream-benchmark", lambda event: None, detector_threshold=detector_threshold, synced=False,
-                    start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                    onset=OnsetDetector(det.info.sample_rate, onset), start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
     events, t0 = [], time.perf_counter()
     for start in range(0, stream.size, chunk):
         events += pipe.feed(stream[start: start + chunk])
@@ -333,10 +344,24 @@ class StreamCommand:
 
     stream: StreamSettings = field(default_factory=StreamSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    onset: OnsetSettings = field(default_factory=OnsetSettings)
+    """The daemon's onset detector: the same ``--onset-*`` settings as `edge run`."""
+
+
+def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset: OnsetSettings | None,
+               levels: list[float]) -> dict:
+    """Share of placed coughs that the onset detector alone gives a window (a sound in the event tolerance), overall
+    and per level: the most any detector behind that gate could find."""
+    from edge.windows import find_sounds
+
+    sounds = [StreamEvent(x.onset, 1.0, 0.0) for x in find_sounds(stream, sample_rate, onset)]
+    m = score_stream(truth, sounds, stream.size, sample_rate, levels=levels)
+    return {"coughs": m["coughs"], "coughs_by_level": m["coughs_by_level"],
+            "sounds_per_hour": len(sounds) / (stream.size / sample_rate / 3600)}
 
 
 def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
-               detector_threshold: float | None = None) -> dict:
+               detector_threshold: float | None = None, onset: OnsetSettings | None = None) -> dict:
     """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
     from edge.inference import Classifier
 
@@ -349,9 +374,10 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
              sum(p.kind == "cough" for p in truth), sum(p.kind == "sound" for p in truth))
     if audio_out is not None:
         write_stream(audio_out, stream, rate, truth)
-    events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold)
+    events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold, onset)
     result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
                           positive_label=cls.info.positive_label, levels=s.levels)
+    result["onset_gate"] = onset_gate(truth, stream, rate, onset, s.levels)
     result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
     result["real_time_factor"] = seconds / (stream.size / rate)
     threshold = det.info.threshold if detector_threshold is None else detector_threshold
@@ -359,12 +385,15 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
                         "classifier": {"path": str(classifier), "threshold": cls.info.threshold,
                                        "sha256": cls.sha256, "positive_label": cls.info.positive_label}}
     result["settings"] = asdict(s)
+    result["onset_settings"] = asdict(onset or OnsetSettings())
     return result
 
 
-def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path) -> dict:
+def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path,
+                              onset: OnsetSettings | None = None) -> dict:
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
-    whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file."""
+    whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file. The daemon's
+    pipeline runs once per threshold: which sounds merge into a cough depends on which were accepted."""
     from edge.inference import Classifier
 
     from .export import set_threshold
@@ -376,10 +405,10 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
-    events, _ = run_daemon_pipeline(det, Classifier(classifier), stream, detector_threshold=0.0)
-    table = []
-    for t in np.round(np.arange(0.05, 1.0, 0.01), 2):
-        m = score_stream(truth, [e for e in events if e.cough_score >= t], stream.size, rate, levels=s.levels)
+    cls, table = Classifier(classifier), []
+    for t in np.round(np.arange(0.05, 1.0, 0.02), 2):
+        events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset)
+        m = score_stream(truth, events, stream.size, rate, levels=s.levels)
         table.append({"threshold": float(t), "sensitivity": m["coughs"]["share"],
                       "background_events_per_hour": m["background_events_per_hour"],
                       "events_per_detected_cough": m["events_per_detected_cough"],
@@ -453,6 +482,11 @@ def markdown(result: dict) -> list[str]:
              f"| {(result['onset_error_ms'] or {}).get('median', float('nan')):.0f} ms |", ""]
     lines += ["Non-cough sounds with an event, by class: " + ", ".join(
         f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["sounds_by_class"].items()), ""]
+    gate = result.get("onset_gate")
+    if gate:
+        lines += [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
+                  + ", ".join(f"{k} dB {_pct(v['share'])}" for k, v in gate["coughs_by_level"].items())
+                  + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find.", ""]
     ev, cl = result.get("classifier_on_events") or {}, result.get("classifier_clip_level") or {}
     if ev:
         groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
