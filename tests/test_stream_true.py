@@ -274,3 +274,24 @@ def test_onset_settings_refuse_non_finite_values(field):
 
     with pytest.raises(ValueError, match=f"{field} = (nan|inf) must be a finite number"):
         OnsetSettings(**{field: float("inf") if field == "on_db" else float("nan")})
+
+
+def test_sensitivity_at_a_false_alarm_rate_and_the_paired_stream_difference():
+    from trainer.evaluate import paired_stream_difference, sensitivity_at_false_rate
+
+    background = np.array([0.9, 0.8, 0.7, 0.1, 0.1, 0.1])
+    best = np.array([0.95, 0.85, 0.75, 0.2])
+    # two hours: 1 false alarm per hour lets two background sounds through, so the threshold is the third, 0.7
+    assert sensitivity_at_false_rate(best, background, hours=2.0, false_per_hour=1.0) == 0.75
+    assert sensitivity_at_false_rate(best, background, hours=2.0, false_per_hour=0.0) == 0.25
+    assert sensitivity_at_false_rate(best, background, hours=2.0, false_per_hour=10.0) == 1.0
+    best, background = np.tile(best, 10), np.tile(background, 10)  # the same, ten times over, in 20 hours
+    worse = (best - 0.5, background)
+    diff = paired_stream_difference((best, background), worse, 20.0, false_per_hour=1.0, n=200, seed=0)
+    sens = diff["sensitivity_at_1_per_hour"]
+    assert sens["a"] == 0.75 and sens["b"] == 0.0 and sens["diff"] == 0.75
+    assert sens["ci95"][0] > 0 and sens["share_of_resamples_a_better"] > 0.9
+    same = paired_stream_difference((best, background), (best, background), 2.0, false_per_hour=1.0, n=50, seed=0)
+    assert same["roc_auc"]["diff"] == 0 and same["roc_auc"]["ci95"] == [0.0, 0.0]
+    with pytest.raises(AssertionError, match="same sounds"):
+        paired_stream_difference((best, background), (best[:2], background), 2.0, false_per_hour=1.0, n=1, seed=0)

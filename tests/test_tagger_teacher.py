@@ -103,6 +103,7 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
                  "0", "--student-epochs", "1", "--student-widths", "4,8", "--data-val-fraction", "0.25",
                  "--data-test-fraction", "0.25", "--run-bootstrap", "10", "--data-background",
                  str(DATA / "room-sample"), "--kd-aux-teacher", f"onnx:{tagger}", "--kd-aux-classes", "Speech,Sneeze",
+                 "--data-synthetic-per-kind", "1",
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["teacher"]["source"] == f"onnx:{tagger}"

@@ -136,6 +136,9 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["onset_settings"]["merge_gap_ms"] == 0.0 and c["coughs"]["n"] == a["coughs"]["n"]
     assert "label" not in c["sounds_by_class"] and len(c["sounds_by_class"]) >= 1
+    assert main([*args, "--compare-detector", model, "--out", str(tmp_path / "d.json")]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())
+    assert d["coughs"] == a["coughs"]["n"] and d["difference"]["roc_auc"]["diff"] == 0.0, "a detector ties itself"
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
     assert "cough sensitivity" in (tmp_path / "a.md").read_text()

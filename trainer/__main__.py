@@ -15,29 +15,34 @@ from .stream import StreamCommand
 
 
 def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
-    from .stream import markdown, run_stream, write_result
+    """`trainer stream`: the benchmark, or on the same stream a threshold sweep or a comparison of two detectors."""
+    from . import stream
 
     cmd = config.build(StreamCommand, file=args.config, args=args)
-    m = cmd.model
+    m, command = cmd.model, "trainer " + shlex.join(argv)
     if args.choose_detector_threshold:
-        from .stream import choose_detector_threshold
-
-        chosen = choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset)
-        chosen["command"] = "trainer " + shlex.join(argv)
-        print(json.dumps(chosen["chosen"], indent=2))
+        chosen = stream.choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset)
+        _report({**chosen, "command": command}, chosen["chosen"], args.out)
         if args.out:
-            from .stream import plot_sweep
+            stream.plot_sweep(chosen, args.out.with_suffix(".png"))
+    elif args.compare_detector:
+        result = stream.compare_detectors(cmd.stream, Path(m.detector), args.compare_detector, Path(m.classifier),
+                                          cmd.onset)
+        _report({**result, "command": command}, result["difference"], args.out)
+    else:
+        result = stream.run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
+                                   detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
+                                   onset=cmd.onset)
+        result["command"] = command
+        print("\n".join(stream.markdown(result)))
+        if args.out:
+            stream.write_result(args.out, result)
 
-            args.out.write_text(json.dumps(chosen, indent=2))
-            plot_sweep(chosen, args.out.with_suffix(".png"))
-        return
-    result = run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
-                        detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
-                        onset=cmd.onset)
-    result["command"] = "trainer " + shlex.join(argv)
-    print("\n".join(markdown(result)))
-    if args.out:
-        write_result(args.out, result)
+
+def _report(result: dict, shown: dict, out: Path | None) -> None:
+    print(json.dumps(shown, indent=2))
+    if out:
+        out.write_text(json.dumps(result, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     config.add_arguments(p, StreamCommand)
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (and a .md next to it)")
     p.add_argument("--audio", type=Path, default=None, help="also write the stream as FLAC, truth as <audio>.truth.csv")
+    p.add_argument("--compare-detector", type=Path, default=None, metavar="ONNX",
+                   help="compare --model-detector (a) with this detector (b) on the stream: ROC-AUC of coughs against "
+                        "background sounds and sensitivity at --stream-max-false-per-hour, a - b, paired bootstrap")
     p.add_argument("--choose-detector-threshold", action="store_true",
                    help="on a validation stream (--stream-split val): sweep the detector's threshold, write the most "
                         "sensitive one within --stream-max-false-per-hour into the detector file")

@@ -71,6 +71,46 @@ def paired_auc_difference(is_positive: np.ndarray, scores_a: np.ndarray, scores_
     return out
 
 
+def sensitivity_at_false_rate(best: np.ndarray, background: np.ndarray, hours: float, false_per_hour: float) -> float:
+    """Share of coughs whose best score beats the threshold that lets ``false_per_hour`` background sounds
+    through (the ``k``-th highest background score, ``k = floor(false_per_hour * hours)``)."""
+    k = int(false_per_hour * hours)
+    ranked = np.sort(background)[::-1]
+    threshold = ranked[k] if k < ranked.size else -np.inf
+    return float(np.mean(best > threshold)) if best.size else float("nan")
+
+
+def paired_stream_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], hours: float, *,
+                             false_per_hour: float, n: int, seed: int) -> dict:
+    """Detector ``a`` minus ``b`` on one stream: each is ``(best score per placed cough, score per background
+    sound)``, for the same coughs and sounds. Threshold-free ROC-AUC (coughs against background sounds) and
+    sensitivity at ``false_per_hour``, with paired bootstrap 95% intervals: each resample draws the same coughs
+    and the same background sounds for both detectors."""
+    from sklearn.metrics import roc_auc_score
+
+    assert a[0].shape == b[0].shape and a[1].shape == b[1].shape, "both detectors must score the same sounds"
+
+    def figures(best, bg):
+        y = np.r_[np.ones(best.size), np.zeros(bg.size)]
+        return (float(roc_auc_score(y, np.r_[best, bg])) if best.size and bg.size else float("nan"),
+                sensitivity_at_false_rate(best, bg, hours, false_per_hour))
+
+    fa, fb = figures(*a), figures(*b)
+    rng, diffs = np.random.default_rng(seed), []
+    for _ in range(max(n, 0)):
+        i, j = rng.integers(0, a[0].size, a[0].size), rng.integers(0, a[1].size, a[1].size)
+        ra, rb = figures(a[0][i], a[1][j]), figures(b[0][i], b[1][j])
+        diffs.append((ra[0] - rb[0], ra[1] - rb[1]))
+    d = np.array(diffs) if diffs else np.zeros((0, 2))
+    out = {}
+    for col, name in enumerate(("roc_auc", f"sensitivity_at_{false_per_hour:g}_per_hour")):
+        out[name] = {"a": fa[col], "b": fb[col], "diff": fa[col] - fb[col],
+                     "ci95": [float(np.percentile(d[:, col], 2.5)), float(np.percentile(d[:, col], 97.5))]
+                     if d.size else None,
+                     "share_of_resamples_a_better": float(np.mean(d[:, col] > 0)) if d.size else None}
+    return out
+
+
 def evaluate(probs: np.ndarray, targets: np.ndarray, positive: int, threshold: float, *, groups: list[str] | None = None,
              bootstrap: int = 1000, seed: int = 0) -> dict:
     """Pooled metrics, and per value of ``groups`` (one string per example) when given."""

@@ -96,6 +96,7 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
             for name, part in parts.items():
                 fh.writelines(f"{name},{_portable(c.path)},{c.label},{c.group},{c.sha256}\n" for c in part)
     pools = background_pools(s, parts, positive, progress)
+    add_synthetic(s, parts, labels, positive)
     makers = {k: SceneMaker(context_settings(s), pools[k], window) for k in parts}
     common = dict(window=window, pre_roll=pre_roll, seed=s.run.seed, progress=progress,
                   room_label=room_label(s, labels, positive))
@@ -105,6 +106,21 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
         log.info("%s: %d windows from %d recordings; %d recordings without any onset", k, len(ws.windows),
                  len(parts[k]), ws.unheard)
     return RunData(labels, positive, parts, sets, train, window, pre_roll)
+
+
+def add_synthetic(s: Settings, parts: dict[str, list[D.Clip]], labels: tuple[str, ...], positive: str) -> None:
+    """``--data-synthetic-per-kind``: synthetic non-cough sounds in every split, after the room pools were made."""
+    if not s.data.synthetic_per_kind:
+        return
+    if len(labels) != 2:
+        raise ValueError(f"data.synthetic_per_kind needs two labels (a detector), not {list(labels)}")
+    from .synthetic import synthetic_clips
+
+    other = next(label for label in labels if label != positive)
+    for name, part in parts.items():
+        for clip in synthetic_clips(s.data.synthetic_per_kind, s.data.sample_rate, s.run.seed, name):
+            clip.extra["original_label"], clip.label = clip.label, other
+            part.append(clip)
 
 
 def room_label(s: Settings, labels: tuple[str, ...], positive: str) -> str:

@@ -53,6 +53,10 @@ class DataSettings:
     """Share of groups held out for the final test."""
     crops_per_clip: int = 4
     """Training scenes per recording, one onset window from each (the teacher's outputs are cached per window)."""
+    synthetic_per_kind: int = 0
+    """Add this many synthetic non-cough sounds of each kind (white-noise bursts, claps, square-wave tones;
+    ``trainer.synthetic``) to each split, labelled with the label that is not positive (two labels only); they
+    are never room audio."""
     sample_rate: int = 16000
     """Sample rate in Hz of the data, the model's front end, its exported metadata and so of the daemon."""
 
@@ -159,6 +163,7 @@ class Settings:
             (round(d.window_s * d.sample_rate) >= 2 * 512 * d.sample_rate // 16000, "data.window_s", d.window_s,
              "is too short for the front end (at least 64 ms)"),
             (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
+            (0 <= d.synthetic_per_kind <= 10_000, "data.synthetic_per_kind", d.synthetic_per_kind, "must be in 0..10000"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),
             (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),

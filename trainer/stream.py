@@ -16,7 +16,7 @@ import math
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,6 +77,9 @@ class StreamSettings:
     sound_class_by: str = "label"
     """Column that names a placed non-cough sound's class in the report (e.g. ``sound_hint`` for the manifest of
     `trainer negatives`); a row with no value there is named by its label."""
+    synthetic_per_kind: int = 0
+    """Also place this many synthetic sounds of each kind (white-noise bursts, claps, square-wave tones;
+    ``trainer.synthetic``), never part of the room."""
     room_labels: str = ""
     """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
     only, while effects and laughter are placed as sounds."""
@@ -94,6 +97,8 @@ class StreamSettings:
             raise ValueError(f"stream.split = {self.split!r} must be test or val")
         if not 0 < self.gap_min_s <= self.gap_max_s:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
+        if not 0 <= self.synthetic_per_kind <= 10_000:
+            raise ValueError(f"stream.synthetic_per_kind = {self.synthetic_per_kind} must be in 0..10000")
         if not 0 < self.room_share < 1:
             raise ValueError(f"stream.room_share = {self.room_share} must be in (0, 1)")
         try:
@@ -183,7 +188,10 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     placed_sounds = [c for c in sounds if (c.group or c.sha256) not in room_groups]
     if not room:
         raise D.ManifestError(f"no non-cough recordings left for the room in the {s.split} split")
-    items = [Item(c, "cough") for c in coughs] + [Item(c, "sound") for c in placed_sounds]
+    from .synthetic import synthetic_clips
+
+    synthetic = synthetic_clips(s.synthetic_per_kind, sample_rate, s.seed, s.split)
+    items = [Item(c, "cough") for c in coughs] + [Item(c, "sound") for c in placed_sounds + synthetic]
     items = [items[i] for i in rng.permutation(len(items))]
     level_of = {kind: iter(s.levels * (len(items) // len(s.levels) + 1)) for kind in ("cough", "sound")}
     excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
@@ -192,7 +200,7 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         margin = round(0.05 * sample_rate)
         a, b = max(0, lo - margin), min(item.clip.audio.size, hi + margin)
         excerpts.append((t, item.clip.audio[a:b].copy()))
-        cls = (item.clip.extra.get(s.sound_class_by) or item.clip.label) if item.kind == "sound" else item.clip.label
+        cls = _class_of(item, s.sound_class_by)
         truth.append(Placed(item.kind, cls, item.clip.column(group_by) if group_by else "",
                             str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
@@ -205,6 +213,17 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
         stream[start: start + audio.size] += audio * np.float32(gain)
     return np.clip(stream, -1.0, 1.0), truth, room
+
+
+def _class_of(item: Item, column: str) -> str:
+    """A placed sound's class in the report: a synthetic one's kind, else ``column`` (the label where empty)."""
+    from .synthetic import LABEL
+
+    if item.kind == "cough":
+        return item.clip.label
+    if item.clip.label == LABEL:
+        return item.clip.extra["sound_hint"]
+    return item.clip.extra.get(column) or item.clip.label
 
 
 def _faded(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -240,18 +259,21 @@ class StreamEvent:
     """The classifier's probability of its positive label."""
 
 
+def match_events(truth: list[Placed], onsets: list[int], sample_rate: int) -> list[list[int]]:
+    """For each placed sound, the indices of the onsets in its span [onset - 0.3 s, end + 0.1 s]."""
+    before, after = round(TOLERANCE_BEFORE_S * sample_rate), round(TOLERANCE_AFTER_S * sample_rate)
+    at = np.array(onsets, dtype=np.int64)
+    return [list(np.flatnonzero((at >= p.onset - before) & (at <= p.end + after))) for p in truth]
+
+
 def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int, sample_rate: int, *,
                  class_labels: tuple[str, ...] = (), positive_label: str = "",
                  levels: list[float] | None = None) -> dict:
     """Detection and classification figures of ``events`` against the placed ``truth`` (pure)."""
-    before, after = round(TOLERANCE_BEFORE_S * sample_rate), round(TOLERANCE_AFTER_S * sample_rate)
-    onsets = np.array([e.onset for e in events], dtype=np.int64)
+    hits = match_events(truth, [e.onset for e in events], sample_rate)
     matched = np.zeros(len(events), dtype=bool)
-    hits: list[list[int]] = []
-    for p in truth:
-        idx = np.flatnonzero((onsets >= p.onset - before) & (onsets <= p.end + after))
+    for idx in hits:
         matched[idx] = True
-        hits.append(list(idx))
     coughs = [(p, h) for p, h in zip(truth, hits) if p.kind == "cough"]
     sounds = [(p, h) for p, h in zip(truth, hits) if p.kind == "sound"]
     detected = [(p, h) for p, h in coughs if h]
@@ -423,6 +445,45 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     log.info("detector threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
              best["threshold"], detector, best["sensitivity"], best["background_events_per_hour"])
     return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
+
+
+def detector_candidates(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The cough detector's score at every sound of the stream, through the daemon's pipeline with nothing
+    merged: (the best score in each placed cough's span, 0 where no sound, and the score of each sound in no
+    placed span)."""
+    events, _ = run_daemon_pipeline(det, cls, stream, 0.0, replace(onset or OnsetSettings(), merge_gap_ms=0.0))
+    hits = match_events(truth, [e.onset for e in events], det.info.sample_rate)
+    scores = np.array([e.cough_score for e in events])
+    best = np.array([max((scores[i] for i in h), default=0.0) for p, h in zip(truth, hits) if p.kind == "cough"])
+    placed = np.zeros(len(events), dtype=bool)
+    for h in hits:
+        placed[h] = True
+    return best, scores[~placed]
+
+
+def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, onset: OnsetSettings | None = None,
+                      bootstrap: int = 1000) -> dict:
+    """Two cough detectors on the same stream (use ``--stream-split val`` to choose between them): ROC-AUC of
+    placed coughs against background sounds and sensitivity at ``s.max_false_per_hour``, a minus b, with paired
+    bootstrap intervals (:func:`trainer.evaluate.paired_stream_difference`)."""
+    from edge.inference import Classifier
+
+    from .evaluate import paired_stream_difference
+
+    s.validate()
+    det_a, det_b, cls = Classifier(a), Classifier(b), Classifier(classifier)
+    if det_a.info.sample_rate != det_b.info.sample_rate:
+        raise ValueError(f"{a} and {b} hear different sample rates; compare detectors of one rate")
+    rate = det_a.info.sample_rate
+    coughs, sounds = _held_out_audio(s, rate)
+    stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
+    hours = stream.size / rate / 3600
+    diff = paired_stream_difference(detector_candidates(det_a, cls, stream, truth, onset),
+                                    detector_candidates(det_b, cls, stream, truth, onset), hours,
+                                    false_per_hour=s.max_false_per_hour, n=bootstrap, seed=s.seed)
+    return {"a": str(a), "b": str(b), "split": s.split, "coughs": sum(p.kind == "cough" for p in truth),
+            "hours": hours, "difference": diff, "settings": asdict(s)}
 
 
 def plot_sweep(result: dict, path: Path) -> None:
