@@ -306,3 +306,15 @@ def test_fetch_downloads_extracts_and_reads_the_version(package, tmp_path, monke
     assert N.fetch([PKG], work) == {PKG: "2:1.5-3"}
     assert main(["negatives", "--out", str(tmp_path / "out"), "--workdir", str(work), "--packages", PKG]) == 0
     assert len(load_manifest(tmp_path / "out")) == 8
+
+
+def test_model_card_states_the_licences_a_manifest_gives_per_file(tmp_path):
+    from trainer.report import data_attribution
+
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,group,source,package_version,licence\n"
+        "a.flac,other,g1,pkg-a,1.0,GPL-2\nb.flac,other,g2,pkg-a,1.0,GPL-2\nc.flac,other,g3,pkg-b,2,CC0\n")
+    (tmp_path / "plain.csv").write_text("path,label\na.flac,other\n")
+    lines = data_attribution(f"{tmp_path / 'manifest.csv'},{tmp_path / 'plain.csv'}")
+    assert "pkg-a 1.0: GPL-2 (2); pkg-b 2: CC0 (1)" in lines[0]
+    assert "license unknown to coughwatch" in lines[1]

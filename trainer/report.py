@@ -185,11 +185,34 @@ def comparisons_section(report: dict) -> list[str]:
     return [*lines, ""]
 
 
+def manifest_licences(path: Path) -> str:
+    """Per-file licences a manifest states in a ``licence`` column (as `trainer negatives` writes), counted per
+    ``source`` with its ``package_version``; empty when it has no such column."""
+    import csv
+    from collections import Counter
+
+    csv_path = path / "manifest.csv" if path.is_dir() else path
+    if not csv_path.is_file():
+        return ""
+    with csv_path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "licence" not in rows[0]:
+        return ""
+    per_source: dict[str, Counter] = {}
+    for row in rows:
+        key = " ".join(x for x in (row.get("source", ""), row.get("package_version", "")) if x) or "(no source)"
+        per_source.setdefault(key, Counter())[row["licence"]] += 1
+    parts = [f"{src}: " + ", ".join(f"{lic} ({n})" for lic, n in c.most_common()) for src, c in sorted(per_source.items())]
+    return ("clips under the licences the manifest states per file, "
+            + "; ".join(parts) + ". Check what these licences mean for a model trained on them before sharing it.")
+
+
 def data_attribution(manifests: str) -> list[str]:
     """License and attribution lines for the corpora a run used (known ones by name, others flagged)."""
     lines = []
     for manifest in (m for m in manifests.split(",") if m):
         known = next((text for key, text in KNOWN_DATA.items() if key in manifest), None)
+        known = known or manifest_licences(Path(manifest))
         lines.append(f"- `{manifest}`: " + (known or "license unknown to coughwatch: check the data's terms "
                                                      "before sharing this model."))
     return lines
