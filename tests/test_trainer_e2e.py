@@ -132,10 +132,11 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
         "every event is at an onset, so the onset detector alone finds at least what the pipeline does"
     assert a["onset_settings"]["merge_gap_ms"] == 100.0
     assert main([*args, "--onset-merge-gap-ms", "0", "--stream-sound-class-by", "participant",
-                 "--out", str(tmp_path / "c.json")]) == 0
+                 "--stream-synthetic-per-kind", "2", "--out", str(tmp_path / "c.json")]) == 0
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["onset_settings"]["merge_gap_ms"] == 0.0 and c["coughs"]["n"] == a["coughs"]["n"]
-    assert "label" not in c["sounds_by_class"] and len(c["sounds_by_class"]) >= 1
+    assert "label" not in c["sounds_by_class"] and len(c["sounds_by_class"]) >= 4
+    assert all(c["sounds_by_class"][k]["n"] == 2 for k in ("noise burst", "clap", "tone"))
     assert main([*args, "--compare-detector", model, "--out", str(tmp_path / "d.json")]) == 0
     d = json.loads((tmp_path / "d.json").read_text())
     assert d["coughs"] == a["coughs"]["n"] and d["difference"]["roc_auc"]["diff"] == 0.0, "a detector ties itself"
