@@ -219,8 +219,8 @@ def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: flo
 
     def step(model, x, y, idx):
         # Always through the (possibly DDP-wrapped) model's forward, so gradients synchronise.
-        outputs = model(x, return_features=feature_weight > 0, return_aux=use_aux) \
-            if feature_weight > 0 or use_aux else (model(x),)
+        flags = {**({"return_features": True} if feature_weight > 0 else {}), **({"return_aux": True} if use_aux else {})}
+        outputs = model(x, **flags) if flags else (model(x),)  # only the flags a model must know (HF ones: features)
         logits = outputs[0]
         terms = kd_loss(logits.float(), teacher_logits[idx.cpu()].to(logits.device), y,
                         alpha=alpha, temperature=temperature)
