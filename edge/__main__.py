@@ -34,7 +34,7 @@ def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon
+    from .daemon import Daemon, stop_on_signals
     from .inference import Classifier, check_rates
     from .mqtt import MqttSink, StdoutSink
     from .onset import OnsetDetector
@@ -43,6 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .sdnotify import Notifier
 
     s = _settings(args)
+    stop = stop_on_signals()
     detector = Classifier(s.model.detector, s.model.threads)
     classifier = Classifier(s.model.classifier, s.model.threads)
     check_rates(detector, classifier)
@@ -61,8 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = Pipeline(detector, classifier, s.device.id, emit, onset=OnsetDetector(rate, s.onset),
                         detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold)
     daemon = Daemon(source, pipeline, sink, Notifier(), stats_interval_s=s.mqtt.stats_interval_s,
-                    silence_s=s.device.silence_s, shutdown_flush_s=s.device.shutdown_flush_s)
-    daemon.install_signal_handlers()
+                    silence_s=s.device.silence_s, shutdown_flush_s=s.device.shutdown_flush_s, stop=stop)
     log.info("device %s: detector %s, classifier %s (%s), results to %s", s.device.id, detector.info.name,
              classifier.info.name, classifier.sha256[:12], f"mqtt://{s.mqtt.host}:{s.mqtt.port}" if s.mqtt.host
              else "stdout")

@@ -17,19 +17,26 @@ STALL_S = 5.0
 """Seconds without any audio frame after which the stream is reported as stalled."""
 
 
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set from now on: install it before anything connects, so that a stop
+    during start-up (after the broker has seen us online) still ends in a clean shutdown."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
+
+
 class Daemon:
     def __init__(self, source: Source, pipeline: Pipeline, sink: Sink, notifier: Notifier, *, stats_interval_s: float,
-                 silence_s: float, shutdown_flush_s: float) -> None:
+                 silence_s: float, shutdown_flush_s: float, stop: threading.Event | None = None) -> None:
         self.source, self.pipeline, self.sink, self.notifier = source, pipeline, sink, notifier
         self.stats_interval_s, self.silence_s, self.shutdown_flush_s = stats_interval_s, silence_s, shutdown_flush_s
-        self.stop = threading.Event()
+        self.stop = stop or threading.Event()
+        """Set by SIGTERM/SIGINT (see :func:`stop_on_signals`) or by a caller: the run loop ends cleanly."""
         self._started = time.monotonic()
         self._last_audio = time.monotonic()
         self._last_sound = time.monotonic()
 
-    def install_signal_handlers(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: self.stop.set())
 
     def stats(self) -> dict:
         c = self.pipeline.counters
