@@ -195,6 +195,20 @@ def test_stream_metrics_on_hand_made_events():
     assert ev["by_group"]["phone"]["roc_auc"] == 1.0 and ev["by_group"]["app"]["roc_auc"] is None
 
 
+def test_background_events_are_split_by_whether_the_room_passed_the_telephone_band():
+    from trainer.stream import Placed, StreamEvent, score_stream
+
+    r = RATE
+    truth = [Placed("cough", "positive", "call", "a", 20.0, 10 * r, 11 * r, telephone=True),
+             Placed("cough", "positive", "app", "b", 20.0, 30 * r, 31 * r)]
+    events = [StreamEvent(11 * r + r // 2, 0.9, 0.5),   # 0.5 s after the telephone cough: telephone band
+              StreamEvent(29 * r, 0.9, 0.5),            # 1 s before the wideband cough: wideband room
+              StreamEvent(50 * r, 0.9, 0.5)]
+    band = score_stream(truth, events, 3600 * r, r)["background_by_band"]
+    assert band["telephone"]["events"] == 1 and band["telephone"]["hours"] == pytest.approx(3 / 3600)
+    assert band["wideband"]["events"] == 2 and band["wideband"]["per_hour"] == pytest.approx(2 / (1 - 3 / 3600))
+
+
 def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_path):
     from edge.inference import Classifier
     from trainer.export import contract_metadata, export_onnx

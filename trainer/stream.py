@@ -42,6 +42,8 @@ EVENT_GAP_S = 0.1
 """...and ends at the first stretch of this many seconds below that level (a gap between two coughs)."""
 EVENT_MAX_S = 1.5
 """An event is cut at this length."""
+TELEPHONE_MARGIN_S = 1.0
+"""Room heard through the telephone band before and after a telephone recording, in seconds."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ class Placed:
     """Sample of the stream where the sound starts."""
     end: int
     """First sample after it."""
+    telephone: bool = False
+    """A telephone recording: the room around it, ``TELEPHONE_MARGIN_S`` either side, passes the telephone band."""
 
 
 def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
@@ -202,11 +206,12 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         excerpts.append((t, item.clip.audio[a:b].copy()))
         cls = _class_of(item, s.sound_class_by)
         truth.append(Placed(item.kind, cls, item.clip.column(group_by) if group_by else "",
-                            str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a))
+                            str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a,
+                            is_telephone(item.clip)))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
     stream = make_room(room, n, rng, sample_rate)
-    _telephone_segments(stream, items, truth, sample_rate)
+    _telephone_segments(stream, truth, sample_rate)
     stream *= np.float32(10 ** (s.room_dbfs / 20))
     for (start, audio), p in zip(excerpts, truth):
         audio = _faded(audio.astype(np.float32), sample_rate)
@@ -235,19 +240,21 @@ def _faded(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return audio
 
 
-def _telephone_segments(stream: np.ndarray, items: list[Item], truth: list[Placed], sample_rate: int) -> None:
+def _telephone_segments(stream: np.ndarray, truth: list[Placed], sample_rate: int) -> None:
     """Around a telephone recording the room is heard through the same 300-3400 Hz channel (as in training)."""
     fade = round(FADE_S * sample_rate)
-    half_gap = round(1.0 * sample_rate)
-    for item, p in zip(items, truth):
-        if not is_telephone(item.clip):
-            continue
-        lo, hi = max(0, p.onset - half_gap), min(stream.size, p.end + half_gap)
+    for lo, hi in telephone_spans(truth, stream.size, sample_rate):
         seg = band_limit(stream[lo:hi], sample_rate, 300.0, 3400.0)
         seg *= np.float32(np.sqrt(np.mean(stream[lo:hi] ** 2) / (np.mean(seg**2) + 1e-12)))
         w = np.ones(hi - lo, dtype=np.float32)
         w[:fade], w[-fade:] = np.linspace(0, 1, fade), np.linspace(1, 0, fade)
         stream[lo:hi] = w * seg + (1 - w) * stream[lo:hi]
+
+
+def telephone_spans(truth: list[Placed], n_samples: int, sample_rate: int) -> list[tuple[int, int]]:
+    """The stretches of the stream heard through the telephone band: around each telephone recording."""
+    margin = round(TELEPHONE_MARGIN_S * sample_rate)
+    return [(max(0, p.onset - margin), min(n_samples, p.end + margin)) for p in truth if p.telephone]
 
 
 @dataclass
@@ -289,12 +296,26 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
         "background_events": int((~matched).sum()),
         "background_events_per_hour": float((~matched).sum() / hours) if hours else None,
+        "background_by_band": _background_by_band(truth, [e.onset for e, m in zip(events, matched) if not m],
+                                                  n_samples, sample_rate),
         "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
     }
     if positive_label:
         labelled = [(p, h) for p, h in coughs if p.cls in class_labels]
         out["classifier_on_events"] = _event_auc(labelled, events, positive_label)
     return out
+
+
+def _background_by_band(truth: list[Placed], onsets: list[int], n_samples: int, sample_rate: int) -> dict:
+    """Background events per hour where the room passes the telephone band (around telephone recordings) and
+    elsewhere: a detector that hears the channel, not the sound, fires in the former."""
+    spans = telephone_spans(truth, n_samples, sample_rate)
+    inside = sum(any(lo <= x < hi for lo, hi in spans) for x in onsets)
+    hours_in = sum(hi - lo for lo, hi in spans) / sample_rate / 3600
+    hours_out = n_samples / sample_rate / 3600 - hours_in
+    return {"telephone": {"events": inside, "hours": hours_in, "per_hour": inside / hours_in if hours_in else None},
+            "wideband": {"events": len(onsets) - inside, "hours": hours_out,
+                         "per_hour": (len(onsets) - inside) / hours_out if hours_out > 0 else None}}
 
 
 def _rate(pairs: list) -> dict:
@@ -543,6 +564,11 @@ def markdown(result: dict) -> list[str]:
              f"| {(result['onset_error_ms'] or {}).get('median', float('nan')):.0f} ms |", ""]
     lines += ["Non-cough sounds with an event, by class: " + ", ".join(
         f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["sounds_by_class"].items()), ""]
+    band = result.get("background_by_band")
+    if band and band["telephone"]["hours"]:
+        lines += [f"Background events per hour where the room passes the telephone band (1 s around each telephone "
+                  f"recording, {band['telephone']['hours'] * 60:.1f} min): {band['telephone']['per_hour']:.1f}; "
+                  f"elsewhere ({band['wideband']['hours'] * 60:.1f} min): {band['wideband']['per_hour']:.1f}.", ""]
     gate = result.get("onset_gate")
     if gate:
         lines += [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
