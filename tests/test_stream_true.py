@@ -307,5 +307,9 @@ def test_sensitivity_at_a_false_alarm_rate_and_the_paired_stream_difference():
     assert sens["ci95"][0] > 0 and sens["share_of_resamples_a_better"] > 0.9
     same = paired_stream_difference((best, background), (best, background), 2.0, false_per_hour=1.0, n=50, seed=0)
     assert same["roc_auc"]["diff"] == 0 and same["roc_auc"]["ci95"] == [0.0, 0.0]
+    empty = paired_stream_difference((best, background[:0]), (best, background[:0]), 2.0, false_per_hour=1.0, n=5,
+                                     seed=0)
+    assert empty["roc_auc"] == {"a": None, "b": None, "diff": None, "ci95": None, "share_of_resamples_a_better": None}
+    assert empty["sensitivity_at_1_per_hour"]["diff"] == 0.0, "no background: every cough passes for both"
     with pytest.raises(AssertionError, match="same sounds"):
         paired_stream_difference((best, background), (best[:2], background), 2.0, false_per_hour=1.0, n=1, seed=0)

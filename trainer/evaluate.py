@@ -104,10 +104,12 @@ def paired_stream_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarr
     d = np.array(diffs) if diffs else np.zeros((0, 2))
     out = {}
     for col, name in enumerate(("roc_auc", f"sensitivity_at_{false_per_hour:g}_per_hour")):
-        out[name] = {"a": fa[col], "b": fb[col], "diff": fa[col] - fb[col],
-                     "ci95": [float(np.percentile(d[:, col], 2.5)), float(np.percentile(d[:, col], 97.5))]
-                     if d.size else None,
-                     "share_of_resamples_a_better": float(np.mean(d[:, col] > 0)) if d.size else None}
+        ok = d[:, col][np.isfinite(d[:, col])]
+        defined = bool(np.isfinite(fa[col]) and np.isfinite(fb[col]))
+        out[name] = {"a": fa[col] if defined else None, "b": fb[col] if defined else None,
+                     "diff": fa[col] - fb[col] if defined else None,
+                     "ci95": [float(np.percentile(ok, 2.5)), float(np.percentile(ok, 97.5))] if ok.size else None,
+                     "share_of_resamples_a_better": float(np.mean(ok > 0)) if ok.size else None}
     return out
 
 
