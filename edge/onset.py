@@ -47,8 +47,11 @@ class OnsetSettings:
     """Time constant, in seconds, with which the noise floor falls towards quieter background."""
     merge_gap_ms: float = 100.0
     """One cough, one event: a sound that starts less than this many milliseconds after the end of an accepted
-    cough's sound (or of a sound already merged into it) is that cough's next phase, not a new cough; the
-    chain is capped at ``max_duration_ms`` from the cough's onset. 0 = every accepted sound is its own event."""
+    cough's sound (or of a sound already merged into it), and less than ``merge_max_ms`` after the cough's
+    onset, is that cough's next phase, not a new cough. 0 = every accepted sound is its own event."""
+    merge_max_ms: float = 400.0
+    """A sound starting this many milliseconds or more after an accepted cough's onset is never merged into it:
+    a cough's explosive and voiced phases come 0.14-0.4 s apart, the coughs of a bout further apart."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -65,6 +68,9 @@ class OnsetSettings:
                 raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
         if not 0 <= self.merge_gap_ms <= 2000:
             raise ValueError(f"merge_gap_ms = {self.merge_gap_ms} must be in [0, 2000] ms")
+        if not 0 < self.merge_max_ms <= self.max_duration_ms:
+            raise ValueError(f"merge_max_ms = {self.merge_max_ms} must be in (0, max_duration_ms = "
+                             f"{self.max_duration_ms}] ms")
         for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory

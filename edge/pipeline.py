@@ -75,7 +75,7 @@ class Pipeline:
         self._buf_start = 0
         self._pending: list[Sound] = []
         self._merge_gap = round(self.onset.s.merge_gap_ms * self.sample_rate / 1000)
-        self._merge_max = round(self.onset.s.max_duration_ms * self.sample_rate / 1000)
+        self._merge_max = round(self.onset.s.merge_max_ms * self.sample_rate / 1000)
         self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
         self.counters = Counters()
 
@@ -161,7 +161,7 @@ class Pipeline:
 
     def _continues_cough(self, sound: Sound) -> bool:
         """True (and the chain extended) when ``sound`` is a later phase of the latest accepted cough: it starts
-        less than ``merge_gap_ms`` after the chain's end, within ``max_duration_ms`` of the cough's onset."""
+        less than ``merge_gap_ms`` after the chain's end and less than ``merge_max_ms`` after the cough's onset."""
         if self._cough is None or not self._merge_gap:
             return False
         onset, chain_end = self._cough

@@ -507,3 +507,26 @@ def test_merge_gap_is_bounded():
         OnsetSettings(merge_gap_ms=-1.0)
     with pytest.raises(ValueError, match="merge_gap_ms = nan must be a finite number"):
         OnsetSettings(merge_gap_ms=float("nan"))
+    with pytest.raises(ValueError, match="merge_max_ms = 2000.0 must be in \\(0, max_duration_ms = 1500.0\\]"):
+        OnsetSettings(merge_max_ms=2000.0)
+
+
+@pytest.mark.parametrize("rise_after_ms, events", [(256, 1), (512, 2)])  # on 16 ms frame edges
+def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(rise_after_ms, events):
+    """The onset detector re-triggers on a sudden rise inside a sound (no pause): 256 ms after the cough's onset
+    that is its voiced phase, 512 ms after it the bout's next cough."""
+    from edge.pipeline import Pipeline
+
+    rng = np.random.default_rng(6)
+    audio = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    rise = 32000 + rise_after_ms * 16
+    audio[32000:rise] += (0.05 * rng.standard_normal(rise - 32000)).astype(np.float32)
+    audio[rise:rise + 4800] += (0.4 * rng.standard_normal(4800)).astype(np.float32)
+    got = []
+    pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
+                    "dev", got.append, synced=True)
+    for start in range(0, audio.size, 1600):
+        pipe.feed(audio[start:start + 1600])
+    pipe.flush()
+    assert pipe.counters.sounds == 2, "the rise re-triggers the onset detector"
+    assert len(got) == events and pipe.counters.merged == 2 - events
