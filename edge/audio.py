@@ -16,6 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
+SILENT_PEAK = 1e-4
+"""Audio whose peak magnitude stays below this (full scale 1.0) is digital silence: a muted or dead input."""
+
 log = logging.getLogger(__name__)
 
 

@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 
-from .audio import AudioError, Source
+from .audio import SILENT_PEAK, AudioError, Source
 from .mqtt import Sink
 from .pipeline import Pipeline
 from .sdnotify import Notifier
@@ -37,7 +37,6 @@ class Daemon:
         self._last_audio = time.monotonic()
         self._last_sound = time.monotonic()
 
-
     def stats(self) -> dict:
         c = self.pipeline.counters
         audio_s = c.samples / self.pipeline.sample_rate
@@ -48,7 +47,7 @@ class Daemon:
         lat = sorted(c.latencies_ms)
         return {
             "uptime_s": round(time.monotonic() - self._started, 1), "audio_s": round(audio_s, 1),
-            "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
+            "events": c.events, "sounds": c.sounds, "rejected": c.rejected, "merged": c.merged,
             "cpu_s": round(cpu.user + cpu.system, 2),
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "overruns": self.source.overruns, "clipped_samples": c.clipped, "invalid_samples": c.invalid,
@@ -94,7 +93,7 @@ class Daemon:
             if chunk.size:
                 self._last_audio = now
                 self.pipeline.feed(chunk)
-                if self.pipeline.counters.last_peak > 1e-4:  # anything but digital silence
+                if self.pipeline.counters.last_peak > SILENT_PEAK:
                     self._last_sound = now
             # The watchdog is fed only while audio keeps arriving: a stalled microphone gets us restarted.
             if watchdog_every and now >= next_watchdog and now - self._last_audio < watchdog_every:

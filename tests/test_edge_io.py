@@ -1,6 +1,7 @@
 """The edge daemon against the real thing: mosquitto on loopback, onnxruntime, audio files, processes."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -80,6 +81,10 @@ def test_events_arrive_with_the_documented_schema(broker, tmp_path):
         assert e["device_id"] == "test" and e["detector"]["name"] == "cough-detector"
     assert len({e["event_id"] for e in events}) == len(events)
     assert status[:1] == [b"online"] and status[-1] == b"offline"
+    stopped = ast.literal_eval(result.stderr.split("stopped: ", 1)[1].splitlines()[0])
+    assert stopped["merged"] >= 1, "the demo's coughs have phases that join their cough"
+    assert stopped["sounds"] == stopped["events"] + stopped["rejected"] + stopped["merged"], "every sound accounted for"
+    assert stopped["events"] == len(events)
 
 
 def test_outbox_replays_after_a_broker_outage(tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from edge import config
 
+from . import negatives
+
 from .settings import add_arguments, from_args
 from .stream import StreamCommand
 
@@ -101,14 +103,12 @@ def main(argv: list[str] | None = None) -> int:
                                    "16 kHz mono FLAC, manifest.csv (label 'other') and SOURCES.md to --out. Files "
                                    "whose name suggests a cough are left out.")
     p.add_argument("--out", type=Path, required=True, help="folder for audio/, manifest.csv and SOURCES.md")
-    p.add_argument("--packages", default="hedgewars-data,tuxpaint-stamps-default,klettres-data,sonic-pi-samples,"
-                                         "asterisk-core-sounds-en-wav",  # = trainer.negatives.DEFAULT_PACKAGES
-                   help="comma-separated Debian packages")
+    p.add_argument("--packages", default=",".join(negatives.DEFAULT_PACKAGES), help="comma-separated Debian packages")
     p.add_argument("--workdir", type=Path, default=None, help="where the .deb files are downloaded and extracted "
                                                                "(default: <out>-debs; a .deb already there is reused)")
     p.add_argument("--allow-unknown-licence", action="store_true",
                    help="keep files whose licence the copyright file does not tell (default: excluded)")
-    p.add_argument("--max-clips-per-package", type=int, default=1500,
+    p.add_argument("--max-clips-per-package", type=int, default=negatives.MAX_CLIPS,
                    help="at most this many clips per package, drawn by --seed one group (speaker, set) at a time")
     p.add_argument("--seed", type=int, default=0, help="seed of that draw")
 
@@ -141,11 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
             run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
         elif args.command == "negatives":
-            from .negatives import run
-
-            run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
-                allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
-                seed=args.seed, command="trainer " + shlex.join(argv))
+            negatives.run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
+                          allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
+                          seed=args.seed, command="trainer " + shlex.join(argv))
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.audio import SILENT_PEAK
+
 log = logging.getLogger(__name__)
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"}
 GROUP_COLUMNS = ("group", "participant")
@@ -148,7 +150,7 @@ def load_audio(clips: list[Clip], sample_rate: int, min_samples: int, *, progres
         if audio.size < min_samples:
             log.warning("skipped %s: %d samples, shorter than %d", clip.path, audio.size, min_samples)
             continue
-        if not np.isfinite(audio).all() or np.abs(audio).max() < 1e-4:
+        if not np.isfinite(audio).all() or np.abs(audio).max() < SILENT_PEAK:
             log.warning("skipped %s: silent or not finite", clip.path)
             continue
         clip.audio = audio

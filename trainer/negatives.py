@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from edge.audio import SILENT_PEAK
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PACKAGES = ("hedgewars-data", "tuxpaint-stamps-default", "klettres-data", "sonic-pi-samples",
@@ -44,7 +46,6 @@ SAMPLE_RATE = 16000
 MIN_S = 0.2  # shorter recordings (and last pieces) are dropped
 PIECE_S = 10.0  # longer recordings are cut into pieces of this length...
 MAX_PIECES = 3  # ...at most this many (the rest of the recording is not used)
-SILENT_PEAK = 1e-4
 MAX_CLIPS = 1500
 UNKNOWN = "unknown"
 COLUMNS = ("path", "label", "group", "source", "package_version", "licence", "original_path", "sound_hint",

@@ -201,8 +201,8 @@ def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict
 
     sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
     train_data = f"{sets} ({len(rd.parts['train'])} train clips, seed {s.run.seed}, {s.data.pad} scenes)"
-    meta = contract_metadata(student.spec, threshold=threshold, train_data=train_data, teacher=s.teacher.source + (f" + soft targets of {s.kd.aux_teacher}" if s.kd.aux_teacher else ""),
-                             metrics=summary)
+    teacher = s.teacher.source + (f" + soft targets of {s.kd.aux_teacher}" if s.kd.aux_teacher else "")
+    meta = contract_metadata(student.spec, threshold=threshold, train_data=train_data, teacher=teacher, metrics=summary)
     parity = export_onnx(student, out / "student.onnx", meta, name=out.name, seed=s.run.seed)
     files = {"student.onnx": out / "student.onnx"}
     if s.run.quantize:

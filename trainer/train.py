@@ -219,8 +219,12 @@ def make_kd_step(teacher_logits: torch.Tensor, *, alpha: float, temperature: flo
 
     def step(model, x, y, idx):
         # Always through the (possibly DDP-wrapped) model's forward, so gradients synchronise.
-        flags = {**({"return_features": True} if feature_weight > 0 else {}), **({"return_aux": True} if use_aux else {})}
-        outputs = model(x, **flags) if flags else (model(x),)  # only the flags a model must know (HF ones: features)
+        flags = {}  # only the flags a model must know: Hugging Face students take return_features, not return_aux
+        if feature_weight > 0:
+            flags["return_features"] = True
+        if use_aux:
+            flags["return_aux"] = True
+        outputs = model(x, **flags) if flags else (model(x),)
         logits = outputs[0]
         terms = kd_loss(logits.float(), teacher_logits[idx.cpu()].to(logits.device), y,
                         alpha=alpha, temperature=temperature)
