@@ -189,6 +189,9 @@ def test_stream_metrics_on_hand_made_events():
     assert m["events_per_detected_cough"] == 1.5
     assert m["sounds_by_class"]["laughter"]["share"] == 1.0 and m["sounds_by_class"]["speech"]["share"] == 0.0
     assert m["background_events"] == 1 and m["background_events_per_hour"] == 1.0
+    assert m["background_next_to_coughs"] == 0
+    assert m["coughs_by_group"] == {"app": {"n": 1, "with_event": 0, "share": 0.0},
+                                    "phone": {"n": 2, "with_event": 2, "share": 1.0}}
     assert m["onset_error_ms"]["median"] == pytest.approx((100 + 200) / 2)
     ev = m["classifier_on_events"]
     assert ev["events"] == 3 and ev["pooled"] == 1.0  # positive a (0.8) above both events of negative b
@@ -204,7 +207,9 @@ def test_background_events_are_split_by_whether_the_room_passed_the_telephone_ba
     events = [StreamEvent(11 * r + r // 2, 0.9, 0.5),   # 0.5 s after the telephone cough: telephone band
               StreamEvent(29 * r, 0.9, 0.5),            # 1 s before the wideband cough: wideband room
               StreamEvent(50 * r, 0.9, 0.5)]
-    band = score_stream(truth, events, 3600 * r, r)["background_by_band"]
+    m = score_stream(truth, events, 3600 * r, r)
+    assert m["background_next_to_coughs"] == 2, "0.5 s after one cough and 1 s before the other"
+    band = m["background_by_band"]
     assert band["telephone"]["events"] == 1 and band["telephone"]["hours"] == pytest.approx(3 / 3600)
     assert band["wideband"]["events"] == 2 and band["wideband"]["per_hour"] == pytest.approx(2 / (1 - 3 / 3600))
 
@@ -257,6 +262,39 @@ def test_room_onsets_become_windows_of_the_rooms_label_only_when_asked():
     train = training_windows(coughs, maker, ("cough", "not_cough"), per_clip=2, room_label="not_cough",
                              progress=False, **kw)
     assert (train.targets == 0).sum() <= 6 and 1 <= (train.targets == 1).sum() <= 6
+
+
+def test_near_windows_hold_the_recording_off_its_place_and_are_labelled_as_the_room():
+    from edge.windows import cut_window
+    from trainer.context import ONSET_TOLERANCE_S, ContextSettings, SceneMaker, seeded_rng
+    from trainer.train import training_windows
+
+    coughs, room = _clips(DATA / "covid-sample", 3), _clips(DATA / "room-sample")
+    for c in coughs:
+        c.label = "cough"
+    window, pre_roll = RATE, RATE // 4
+    maker = SceneMaker(ContextSettings(level_min_db=10, level_max_db=10), room, window)
+    scene = maker.scene(coughs[0], seeded_rng(0, "t"))
+    _, room_onsets = maker.split_anchors(scene)
+    anchors = maker.near_anchors(scene, room_onsets, 50, window, pre_roll, seeded_rng(1, "t"))
+    assert len(anchors) == 50
+    for a in anchors:
+        before = scene.start - (window - pre_roll) < a < scene.start - ONSET_TOLERANCE_S * RATE
+        after = scene.end <= a < scene.end + pre_roll
+        assert before or after, "an anchor whose window holds part of the recording, not at its start"
+        cut = cut_window(scene.audio, 0, a, window, pre_roll)
+        lo, hi = max(a - pre_roll, scene.start), min(a - pre_roll + window, scene.end)
+        assert hi > lo and np.array_equal(cut[lo - (a - pre_roll): hi - (a - pre_roll)], scene.audio[lo:hi])
+    kw = dict(window=window, pre_roll=pre_roll, seed=0, per_clip=2, room_label="not_cough", progress=False)
+    without = training_windows(coughs, maker, ("cough", "not_cough"), **kw)
+    near = training_windows(coughs, maker, ("cough", "not_cough"), near=2, **kw)
+    assert (near.targets == 0).sum() == (without.targets == 0).sum()
+    assert (near.targets == 1).sum() == (without.targets == 1).sum() + 2 * (without.targets == 0).sum(), "two per scene with a cough window"
+    for c in room:
+        c.label = "not_cough"
+    negatives = training_windows(room[:2], maker, ("cough", "not_cough"), near=2, **kw)
+    assert len(negatives.windows) == len(training_windows(room[:2], maker, ("cough", "not_cough"), **kw).windows), \
+        "recordings of the room's label get no near windows"
 
 
 def test_nan_and_inf_samples_are_silenced_counted_and_do_not_deafen_the_detector():

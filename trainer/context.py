@@ -163,6 +163,17 @@ class SceneMaker:
         own = [o for o in onsets if scene.start - self.tolerance <= o < scene.end]
         return own, [o for o in onsets if o not in own] if self.s.mode == "context" else []
 
+    def near_anchors(self, scene: Scene, room: list[int], n: int, window_samples: int, pre_roll_samples: int,
+                     rng: np.random.Generator) -> list[int]:
+        """``n`` anchors whose window holds the recording off its place: room onsets from ``window - pre_roll``
+        before the recording to ``ONSET_TOLERANCE_S`` before it, or within ``pre_roll`` after its end; where the
+        room has none, points drawn in the first span (``data.near_windows``)."""
+        lo, hi = scene.start - (window_samples - pre_roll_samples) + 1, scene.start - self.tolerance
+        near = [o for o in room if lo <= o < hi or scene.end <= o < scene.end + pre_roll_samples]
+        if hi <= lo or n <= 0:
+            return []
+        return [near[int(rng.integers(len(near)))] if near else int(rng.integers(lo, hi)) for _ in range(n)]
+
     def windows(self, scene: Scene, anchors: list[int], window_samples: int, pre_roll_samples: int) -> np.ndarray:
         out = np.zeros((len(anchors), window_samples), dtype=np.float32)
         for i, a in enumerate(anchors):

@@ -45,6 +45,13 @@ class DataSettings:
     """In ``context`` scenes whose room is the run's own recordings that are not positive (no ``background``),
     also train, select and test on windows at the room's own onsets, labelled with the run's other label: the
     daemon cuts those windows too (two labels only)."""
+    near_windows: int = 1
+    """With room windows, per training scene of a positive recording, this many more windows at onsets whose window
+    holds the recording off its place: room onsets from ``window_s - pre_roll_s`` before the recording to
+    ``ONSET_TOLERANCE_S`` before it, or within ``pre_roll_s`` after its end (a drawn point before it where the room
+    has no such onset). Labelled not positive, so the detector answers yes only where a cough starts: the daemon
+    cuts such windows at a room sound just before a cough, and without them it reports that sound as a second
+    event (0 = off)."""
     context_before_s: float = 3.0
     """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15
@@ -163,6 +170,7 @@ class Settings:
             (round(d.window_s * d.sample_rate) >= 2 * 512 * d.sample_rate // 16000, "data.window_s", d.window_s,
              "is too short for the front end (at least 64 ms)"),
             (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
+            (0 <= d.near_windows <= 8, "data.near_windows", d.near_windows, "must be in 0..8"),
             (0 <= d.synthetic_per_kind <= 10_000, "data.synthetic_per_kind", d.synthetic_per_kind, "must be in 0..10000"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),

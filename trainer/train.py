@@ -65,9 +65,11 @@ def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
 
 
 def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
-                     pre_roll: int, seed: int, room_label: str = "", progress: bool = True) -> WindowSet:
+                     pre_roll: int, seed: int, room_label: str = "", near: int = 0, progress: bool = True) -> WindowSet:
     """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each, and
-    with ``room_label`` one window at an onset of the room too (labelled so: the daemon cuts those as well)."""
+    with ``room_label`` one window at an onset of the room too (labelled so: the daemon cuts those as well), and
+    for a recording not labelled ``room_label``, ``near`` windows that hold it off its place
+    (:meth:`SceneMaker.near_anchors`), labelled ``room_label``."""
     from tqdm import tqdm
 
     pieces, unheard = [], 0
@@ -79,7 +81,9 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
             own, room = maker.split_anchors(scene)
             heard = heard or bool(own)
             if own or (room and room_label):
-                pieces.append(_piece(i, clip, maker, scene, _one(own, rng), _one(room, rng), labels, room_label,
+                off = maker.near_anchors(scene, room, near, window, pre_roll, rng) \
+                    if room_label and own and clip.label != room_label else []
+                pieces.append(_piece(i, clip, maker, scene, _one(own, rng), _one(room, rng) + off, labels, room_label,
                                      window, pre_roll))
         unheard += not heard
     return _collect(pieces, window, unheard)
