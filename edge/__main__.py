@@ -35,6 +35,7 @@ def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon, stop_on_signals
+    from .discovery import DeviceInfo, software_version
     from .inference import Classifier, check_rates
     from .mqtt import MqttSink, StdoutSink
     from .onset import OnsetDetector
@@ -51,8 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.warning("detector %s has positive label %r, not 'cough'", detector.info.name, detector.info.positive_label)
     rate = classifier.info.sample_rate
     source = _source(args, s, rate)
-    sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events)) if s.mqtt.host \
-        else StdoutSink()
+    info = DeviceInfo(software_version(), detector.info.name, classifier.info.name)
+    sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events), info=info,
+                    keep_days=s.device.counts_days) if s.mqtt.host else StdoutSink()
 
     def emit(event) -> None:
         sink.submit(event)  # durable first: an id that was logged is in the outbox
@@ -104,6 +106,9 @@ class Listener:
         if msg.topic.endswith("/event"):
             self._event(msg.topic, msg.payload)
             return
+        if msg.topic.endswith("/counts"):
+            self._counts(msg.topic, msg.payload)
+            return
         try:
             payload = msg.payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -127,6 +132,18 @@ class Listener:
         if self.count and self.printed >= self.count:
             self.done.set()
 
+    def _counts(self, topic: str, payload: bytes) -> None:
+        """A rolling-counts message (edge/counts.schema.json) as one JSON line: ``{"topic": ..., "counts": {...}}``."""
+        try:
+            counts = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._skip(topic, f"counts are not UTF-8 JSON ({exc})")
+            return
+        if not isinstance(counts, dict) or not isinstance(counts.get("schema"), int):
+            self._skip(topic, "counts are not a JSON object with a schema version")
+            return
+        print(json.dumps({"topic": topic, "counts": counts}, sort_keys=True), flush=True)
+
     def _skip(self, topic: str, why: str) -> None:
         self.malformed += 1
         log.warning("skipped a malformed message on %s: %s (%d skipped so far)", topic, why, self.malformed)
@@ -145,7 +162,8 @@ def cmd_listen(args: argparse.Namespace) -> int:
     listener = Listener(args.count)
     device = args.device_filter or "+"
     topics = [f"{s.mqtt.topic_prefix}/{device}/event"] + \
-        ([f"{s.mqtt.topic_prefix}/{device}/status", f"{s.mqtt.topic_prefix}/{device}/stats"] if args.all else [])
+        ([f"{s.mqtt.topic_prefix}/{device}/status", f"{s.mqtt.topic_prefix}/{device}/stats"] if args.all else []) + \
+        ([f"{s.mqtt.topic_prefix}/{device}/counts"] if args.all or args.counts else [])
 
     def on_connect(c, userdata, flags, rc, props):
         if rc.is_failure:
@@ -217,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--device-filter", default="", help="only this device id (default: all)")
             p.add_argument("--count", type=int, default=0, help="exit after this many events")
             p.add_argument("--timeout", type=float, default=0, help="exit after this many seconds (0 = never)")
-            p.add_argument("--all", action="store_true", help="also print status and stats messages")
+            p.add_argument("--all", action="store_true", help="also print status, stats and counts messages")
+            p.add_argument("--counts", action="store_true",
+                           help="also print the rolling cough counts (retained: the latest at once)")
             p.add_argument("--session", default="", help="persistent session name: miss nothing while away")
         if name == "check":
             p.add_argument("--skip-mic", action="store_true", help="do not open the microphone")

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
+from .counts import DAY_S, LOOKBACK_S, ClockReading, Recent, SystemClock, rolling_counts
+from .discovery import PUBLISHED_FLAG, DeviceInfo, discovery_messages, removal_messages, software_version
 from .events import CoughEvent
 from .outbox import Outbox
 
@@ -37,6 +39,12 @@ FLAPS_FOR_TAKEOVER = 3
 """Short connections in a row after which a broker without reason 0x8E is taken to hand our session to another."""
 REPEAT_LOG_S = 60.0
 """A fault that persists is logged when it starts and then at most once per this many seconds."""
+PRUNE_EVERY_S = 3600.0
+"""How often coughs older than the counts' retention are deleted, in seconds."""
+MAX_COUGHS = 1_000_000
+"""Most coughs kept for the counts whatever their age (the oldest go first): bounds the file."""
+CLOCK_STEP_S = 1.0
+"""A change of the wall clock against the boot clock beyond this is a step, in seconds."""
 
 
 def check_topic_prefix(name: str, value: str) -> None:
@@ -78,7 +86,7 @@ class MqttSettings:
     ca_file: str = ""
     """CA bundle (PEM) to verify the broker with; empty = the system's."""
     topic_prefix: str = "coughwatch"
-    """Topics are <topic_prefix>/<device_id>/{event,status,stats}."""
+    """Topics are <topic_prefix>/<device_id>/{event,status,stats,counts}."""
     keepalive_s: int = 30
     """MQTT keep-alive interval in seconds (5..65535)."""
     reconnect_max_s: int = 60
@@ -86,7 +94,7 @@ class MqttSettings:
     stats_interval_s: float = 30.0
     """Seconds between retained stats heartbeats (0.1..86400)."""
     discovery: bool = False
-    """Publish Home Assistant MQTT discovery configs."""
+    """Publish Home Assistant MQTT discovery configs (turned off: the ones published before are removed)."""
     discovery_prefix: str = "homeassistant"
     """Home Assistant's discovery topic prefix."""
 
@@ -252,10 +260,16 @@ class Throttle:
 
 
 class MqttSink:
-    def __init__(self, s: MqttSettings, device_id: str, outbox: Outbox) -> None:
+    """Events through the outbox; status, stats, rolling counts (edge/counts.py) and discovery configs beside."""
+
+    def __init__(self, s: MqttSettings, device_id: str, outbox: Outbox, *, info: DeviceInfo | None = None,
+                 clock: SystemClock | None = None, keep_days: float = 30.0) -> None:
         self.s, self.device_id, self.outbox = s, device_id, outbox
+        self.info = info or DeviceInfo(software_version(), "unknown", "unknown")
+        self.clock, self.keep_days = clock or SystemClock(), keep_days
         base = f"{s.topic_prefix}/{device_id}"
-        self.topics = {"event": f"{base}/event", "status": f"{base}/status", "stats": f"{base}/stats"}
+        self.topics = {"event": f"{base}/event", "status": f"{base}/status", "stats": f"{base}/stats",
+                       "counts": f"{base}/counts"}
         self.client = make_client(s, f"coughwatch-{device_id}", will_topic=self.topics["status"])
         self.client.on_connect = guarded(self._on_connect)
         self.client.on_connect_fail = guarded(self._on_connect_fail)
@@ -266,6 +280,12 @@ class MqttSink:
         self._early_acks: dict[int, object] = {}
         self._sent_up_to = 0
         self._unstored: dict[str, tuple[str, str]] = {}  # event_id -> (topic, payload): the outbox could not take it
+        self._unstored_coughs: dict[str, tuple[str, ClockReading]] = {}  # their coughs, until stored for the counts
+        self._other_mids: set[int] = set()  # QoS 1 publishes that are not events (status, counts, discovery)
+        self._counts_due = threading.Event()
+        self._anchor: float | None = None  # wall clock minus boot clock when the coughs were last re-anchored
+        self._last_prune = float("-inf")
+        self._counts_fail = Throttle()
         self._unstored_sent: set[str] = set()
         self._undeleted: set[str] = set()  # acknowledged, but the outbox could not delete them yet
         self._wake = threading.Event()
@@ -293,19 +313,43 @@ class MqttSink:
                  f" after {failures} failed attempts" if failures else "")
         self._h["mqtt_error"] = None
         self._connected_at = time.monotonic()
-        client.publish(self.topics["status"], "online", qos=1, retain=True)
-        if self.s.discovery:
-            from .discovery import discovery_messages
-
-            for topic, payload in discovery_messages(self.s.discovery_prefix, self.device_id, self.topics):
-                client.publish(topic, payload, qos=1, retain=True)
         with self._lock:
             self._inflight.clear()
             self._early_acks.clear()
+            self._other_mids.clear()
             self._unstored_sent.clear()
             self._sent_up_to = 0
+        self._publish_other(self.topics["status"], "online")
+        self._publish_discovery()
         self.connected.set()
+        self._counts_due.set()
         self._wake.set()
+
+    def _publish_discovery(self) -> None:
+        """Discovery configs when on; when off, empty ones for those published before (Home Assistant removes
+        the entities)."""
+        prefix = self.s.discovery_prefix
+        try:
+            if self.s.discovery:
+                for topic, payload in discovery_messages(prefix, self.device_id, self.topics, self.info):
+                    self._publish_other(topic, payload)
+                self.outbox.set_flag(PUBLISHED_FLAG, 1)
+            elif self.outbox.flag(PUBLISHED_FLAG):
+                for topic, payload in removal_messages(prefix, self.device_id, self.topics):
+                    self._publish_other(topic, payload)
+                self.outbox.set_flag(PUBLISHED_FLAG, 0)
+                log.info("discovery is off: removed the Home Assistant entities published before")
+        except sqlite3.Error as exc:
+            log.warning("outbox %s: cannot note whether discovery configs are published: %s", self.outbox.path, exc)
+
+    def _publish_other(self, topic: str, payload: str, qos: int = 1, retain: bool = True):
+        """Publish a message that is not an event: its PUBACK must never be taken for an event's."""
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if qos and info.rc == 0:
+            with self._lock:
+                if self._early_acks.pop(info.mid, _NO_ACK) is _NO_ACK:
+                    self._other_mids.add(info.mid)
+        return info
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._connection_failed(describe_error(getattr(client, "last_connect_error", None), self.s.tls))
@@ -340,6 +384,9 @@ class MqttSink:
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         # paho calls this holding its own message lock: never call into the client from here.
         with self._lock:
+            if mid in self._other_mids:
+                self._other_mids.discard(mid)
+                return
             event_id = self._inflight.pop(mid, None)
             if event_id is None:
                 self._early_acks[mid] = reason_code  # PUBACK before the sender recorded the mid
@@ -396,6 +443,9 @@ class MqttSink:
                 self._retry_rejected()
                 while self.connected.is_set() and not self._stop.is_set() and self._send_batch():
                     pass
+                if self.connected.is_set() and self._counts_due.is_set():
+                    self._counts_due.clear()
+                    self._publish_counts()
             except sqlite3.Error as exc:
                 self._store_failed(f"cannot read pending events: {exc}", 0)
                 self._stop.wait(1.0)
@@ -439,23 +489,32 @@ class MqttSink:
         return True
 
     def _store_unstored(self) -> None:
-        """Move events the outbox could not take earlier into it, now that it may have room again."""
+        """Move events (and coughs) the outbox could not take earlier into it, now that it may have room again."""
         with self._lock:
             waiting = list(self._unstored.items())
+            delivered = [(e, c) for e, c in self._unstored_coughs.items() if e not in self._unstored]
             undeleted = list(self._undeleted)
         for event_id in undeleted:
             if not self._delete(event_id):
                 break
         stored = 0
-        for event_id, (topic, payload) in waiting:
+        for event_id, (topic, payload) in waiting + [(e, (None, None)) for e, _ in delivered]:
+            with self._lock:
+                cough = self._unstored_coughs.get(event_id)
+            if topic is None and cough is None:
+                continue
             try:
-                self.outbox.add(event_id, topic, payload)
+                if topic is None:  # delivered from memory before it could be stored: its cough still counts
+                    self.outbox.add_cough(event_id, cough)
+                else:
+                    self.outbox.add(event_id, topic, payload, cough)
             except sqlite3.Error as exc:
                 self._store_failed(f"still cannot store events: {exc}", 0)
                 break
             with self._lock:
                 self._unstored.pop(event_id, None)
-            stored += 1
+                self._unstored_coughs.pop(event_id, None)
+            stored += topic is not None
         if stored and not self._unstored:
             self._store_fail.reset()
             self._h["outbox_error"] = None
@@ -472,24 +531,72 @@ class MqttSink:
 
     # Sink interface (pipeline thread)
     def submit(self, event: CoughEvent) -> None:
+        """Store the event, and its cough for the counts, in one transaction; then publish both (not waiting)."""
         topic, payload = self.topics["event"], event.to_json()
+        cough = (event.label, self.clock.read())
         try:
-            dropped = self.outbox.add(event.event_id, topic, payload)
+            dropped = self.outbox.add(event.event_id, topic, payload, cough)
         except sqlite3.Error as exc:
             with self._lock:
                 self._unstored[event.event_id] = (topic, payload)
+                self._unstored_coughs[event.event_id] = cough
                 if len(self._unstored) > self.outbox.max_events:
                     self._unstored.pop(next(iter(self._unstored)))
                     self._memory_dropped += 1
+                if len(self._unstored_coughs) > self.outbox.max_events:
+                    self._unstored_coughs.pop(next(iter(self._unstored_coughs)))
             self._store_failed(f"cannot store event {event.event_id}: {exc}", 1)
         else:
             if dropped:
                 log.warning("outbox full (%d events): dropped the %d oldest", self.outbox.max_events, dropped)
+        self._counts_due.set()
         self._wake.set()
 
     def publish_stats(self, stats: dict) -> None:
+        """The heartbeat; the counts follow it, so that their hour windows roll on without new coughs."""
         if self.connected.is_set():
             self.client.publish(self.topics["stats"], json.dumps(stats, sort_keys=True), qos=0, retain=True)
+        self._counts_due.set()
+        self._wake.set()
+
+    def counts(self) -> dict:
+        """The rolling counts now: the outbox's coughs, and those waiting in memory for a writable disk."""
+        now = self.clock.read()
+        self._maintain_coughs(now)
+        recent = self.outbox.recent_coughs(now)
+        with self._lock:
+            memory = [(max(0.0, now.boot_s - at.boot_s), label) for label, at in self._unstored_coughs.values()]
+        if memory:
+            ages = [age for age, _ in memory] + ([recent.last_age_s] if recent.last_age_s is not None else [])
+            recent = Recent(recent.coughs + [c for c in memory if c[0] < LOOKBACK_S], min(ages),
+                            recent.kept + len(memory))
+        return rolling_counts(recent, now, device_id=self.device_id, keep_days=self.keep_days)
+
+    def _maintain_coughs(self, now: ClockReading) -> None:
+        """Re-anchor this boot's coughs when the wall clock has stepped (and once at start); prune hourly."""
+        offset = now.wall_s - now.boot_s
+        if self._anchor is None or abs(offset - self._anchor) > CLOCK_STEP_S:
+            moved = self.outbox.reanchor_coughs(now)
+            if self._anchor is not None:
+                log.warning("the wall clock stepped by %+.1f s; the counts keep each cough's age (%d coughs of this "
+                            "boot re-dated)", offset - self._anchor, moved)
+            self._anchor = offset
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_S:
+            pruned = self.outbox.prune_coughs(now, self.keep_days * DAY_S, MAX_COUGHS)
+            if pruned:
+                log.info("forgot %d coughs older than %g days", pruned, self.keep_days)
+            self._last_prune = time.monotonic()
+
+    def _publish_counts(self):
+        try:
+            payload = json.dumps(self.counts(), sort_keys=True)
+        except sqlite3.Error as exc:
+            if self._counts_fail.hit():
+                log.error("outbox %s: cannot read the coughs for the counts: %s (%d failures so far)",
+                          self.outbox.path, exc, self._counts_fail.count)
+            return None
+        self._counts_fail.reset()
+        return self._publish_other(self.topics["counts"], payload)
 
     def depth(self) -> int:
         return self.outbox.depth()
@@ -526,6 +633,8 @@ class MqttSink:
         if lost:
             log.error("exiting with %d events that neither the outbox nor the broker took: they are lost", lost)
         if self.connected.is_set():
-            self.client.publish(self.topics["status"], "offline", qos=1, retain=True).wait_for_publish(timeout=2)
+            for info in (self._publish_counts(), self._publish_other(self.topics["status"], "offline")):
+                if info is not None and info.rc == 0:
+                    info.wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()

@@ -1,5 +1,8 @@
 """Durable outbox: events are written here before publishing and deleted only on the broker's PUBACK.
 
+The same file keeps each cough's label and the moment it was produced (table ``coughs``; never audio), written
+in the transaction that stores its event, for the rolling counts (edge/counts.py); bounded in days.
+
 The file is created 0600 and locked (``fcntl.flock`` on ``<outbox>.lock``) for the life of the process, so a
 second daemon pointed at the same outbox is refused instead of delivering every event twice. Problems found at
 start (a folder that cannot be created, a file that is not ours, a read-only file) raise :class:`OutboxError`
@@ -14,9 +17,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from .counts import LOOKBACK_S, ClockReading, Recent
+
 TABLES = {
     "outbox": ["seq", "event_id", "topic", "payload"],
     "counters": ["name", "value"],
+    "coughs": ["event_id", "label", "wall_s", "boot_id", "boot_s"],
 }
 """The tables (and their columns) of an outbox; a file holding anything else belongs to another program."""
 
@@ -45,6 +51,8 @@ class Outbox:
             self._db.execute("CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                              "event_id TEXT UNIQUE NOT NULL, topic TEXT NOT NULL, payload TEXT NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS coughs (event_id TEXT PRIMARY KEY, label TEXT NOT NULL, "
+                             "wall_s REAL NOT NULL, boot_id TEXT NOT NULL, boot_s REAL NOT NULL)")
             self._db.execute("BEGIN IMMEDIATE")  # proves the file is writable now, not at the first cough
             self._db.execute("ROLLBACK")
         except sqlite3.Error as exc:
@@ -90,13 +98,18 @@ class Outbox:
             self._lock_file.close()  # closing the descriptor drops the flock
             self._lock_file = None
 
-    def add(self, event_id: str, topic: str, payload: str) -> int:
-        """Store durably; returns how many old events were dropped to stay within ``max_events``."""
+    def add(self, event_id: str, topic: str, payload: str, cough: tuple[str, ClockReading] | None = None) -> int:
+        """Store durably, with ``cough`` = ``(label, when produced)`` for the counts in the same transaction;
+        returns how many old events were dropped to stay within ``max_events``."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("INSERT OR IGNORE INTO outbox (event_id, topic, payload) VALUES (?, ?, ?)",
                                  (event_id, topic, payload))
+                if cough is not None:
+                    label, at = cough
+                    self._db.execute("INSERT OR IGNORE INTO coughs VALUES (?, ?, ?, ?, ?)",
+                                     (event_id, label, at.wall_s, at.boot_id, at.boot_s))
                 (depth,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
                 dropped = max(0, depth - self.max_events)
                 if dropped:
@@ -110,6 +123,13 @@ class Outbox:
                     self._db.execute("ROLLBACK")
                 raise
             return dropped
+
+    def add_cough(self, event_id: str, cough: tuple[str, ClockReading]) -> None:
+        """Keep a cough for the counts whose event was delivered before the outbox could store it."""
+        label, at = cough
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO coughs VALUES (?, ?, ?, ?, ?)",
+                             (event_id, label, at.wall_s, at.boot_id, at.boot_s))
 
     def pending(self, limit: int = 100, after_seq: int = 0) -> list[tuple[int, str, str, str]]:
         """Oldest first: ``(seq, event_id, topic, payload)`` with ``seq > after_seq``."""
@@ -129,6 +149,49 @@ class Outbox:
         with self._lock:
             row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
             return row[0] if row else 0
+
+    # The coughs: ages come from the boot clock within this boot, else from the wall clock, never less than the
+    # time since boot (see edge/counts.py).
+    _AGE = "MAX(0.0, CASE WHEN boot_id = :boot_id THEN :boot_s - boot_s ELSE MAX(:wall_s - wall_s, :boot_s) END)"
+
+    def recent_coughs(self, now: ClockReading) -> Recent:
+        """The coughs within the counts' look-back, the latest one's age and how many are kept."""
+        clock = {"boot_id": now.boot_id, "boot_s": now.boot_s, "wall_s": now.wall_s}
+        with self._lock:
+            rows = self._db.execute(f"SELECT age, label FROM (SELECT {self._AGE} AS age, label FROM coughs) "
+                                    "WHERE age < :lookback", {**clock, "lookback": LOOKBACK_S}).fetchall()
+            last, kept = self._db.execute(f"SELECT MIN({self._AGE}), COUNT(*) FROM coughs", clock).fetchone()
+        return Recent(rows, last, kept)
+
+    def reanchor_coughs(self, now: ClockReading) -> int:
+        """Rewrite the wall times of this boot's coughs from the boot clock (after a wall-clock step, or when a
+        new process starts), so that they keep their ages after the next reboot; returns how many moved."""
+        with self._lock:
+            cursor = self._db.execute("UPDATE coughs SET wall_s = :wall_s - (:boot_s - boot_s) WHERE boot_id = "
+                                      ":boot_id AND ABS(wall_s - (:wall_s - (:boot_s - boot_s))) > 1.0",
+                                      {"boot_id": now.boot_id, "boot_s": now.boot_s, "wall_s": now.wall_s})
+            return cursor.rowcount
+
+    def prune_coughs(self, now: ClockReading, keep_s: float, max_rows: int) -> int:
+        """Forget coughs older than ``keep_s`` seconds, and the oldest beyond ``max_rows``; returns how many."""
+        clock = {"boot_id": now.boot_id, "boot_s": now.boot_s, "wall_s": now.wall_s}
+        with self._lock:
+            old = self._db.execute(f"DELETE FROM coughs WHERE {self._AGE} >= :keep", {**clock, "keep": keep_s})
+            (count,) = self._db.execute("SELECT COUNT(*) FROM coughs").fetchone()
+            over = self._db.execute(f"DELETE FROM coughs WHERE event_id IN (SELECT event_id FROM coughs ORDER BY "
+                                    f"{self._AGE} DESC LIMIT :n)", {**clock, "n": max(0, count - max_rows)})
+            return old.rowcount + over.rowcount
+
+    def flag(self, name: str) -> int:
+        """A small persistent number kept beside the events (0 when never set)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+            return row[0] if row else 0
+
+    def set_flag(self, name: str, value: int) -> None:
+        with self._lock:
+            self._db.execute("INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = "
+                             "excluded.value", (name, value))
 
     def close(self) -> None:
         with self._lock:

@@ -59,6 +59,8 @@ class DeviceSettings:
     """Report the microphone as silent after this many seconds of digital silence (1..86400)."""
     shutdown_flush_s: float = 5.0
     """On SIGTERM, seconds to keep flushing the outbox to the broker before exiting (0..3600)."""
+    counts_days: float = 30.0
+    """Days each cough's time and label are kept in the outbox file for the rolling counts (1..3650)."""
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.id) <= MAX_DEVICE_ID or not all(ch in DEVICE_ID_CHARS for ch in self.id):
@@ -71,6 +73,8 @@ class DeviceSettings:
             raise ValueError(f"silence_s = {self.silence_s} must be in 1..86400 seconds")
         if not 0 <= self.shutdown_flush_s <= 3600:
             raise ValueError(f"shutdown_flush_s = {self.shutdown_flush_s} must be in 0..3600 seconds")
+        if not 1 <= self.counts_days <= 3650:  # also refuses NaN
+            raise ValueError(f"counts_days = {self.counts_days} must be in 1..3650 days")
 
 
 @dataclass(frozen=True)
