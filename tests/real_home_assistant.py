@@ -17,13 +17,18 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HA_VERSION = "2024.3.3"
 """The last Home Assistant release series that runs on Python 3.11 (2024.4 needs 3.12)."""
-HA_EXTRA = ("paho-mqtt==1.6.1", "janus==1.0.0")
-"""Requirements of the integrations the test loads (mqtt, file_upload), installed up front: hass runs --skip-pip."""
+HA_EXTRA = ("home-assistant-frontend", "Pillow", "numpy", "SQLAlchemy", "fnv-hash-fast", "psutil-home-assistant",
+            "PyTurboJPEG", "securetar==2024.2.1", "pyotp==2.8.0", "PyQRCode==1.2.1", "paho-mqtt", "janus",
+            "josepy<2")
+"""Requirements of the integrations Home Assistant sets up by default and of mqtt, installed with the release
+(versions from its package_constraints.txt), so that it starts without installing anything. josepy 2 removed what
+the release's acme needs (every HTTP request would fail importing hass_nabucasa)."""
 
 
 def venv_dir() -> Path:
@@ -41,16 +46,24 @@ def ensure_installed(venv: Path) -> Path:
         if done.exists() and hass.exists():
             return hass
         python = os.environ.get("COUGHWATCH_HA_PYTHON", sys.executable)
-        steps = [[python, "-m", "venv", "--clear", str(venv)],
-                 [str(venv / "bin" / "pip"), "install", "-q", "--upgrade", "pip"],
-                 [str(venv / "bin" / "pip"), "install", "-q", f"homeassistant=={HA_VERSION}", *HA_EXTRA]]
-        for step in steps:
-            result = subprocess.run(step, capture_output=True, text=True, timeout=1200)
-            if result.returncode != 0:
-                raise RuntimeError(f"installing Home Assistant {HA_VERSION} failed at {' '.join(step[:4])}: "
-                                   f"{result.stderr[-2000:]}")
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
+        wheel_dir = venv / "wheel"
+        _run([python, "-m", "venv", "--clear", str(venv)])
+        _run([*pip, "install", "-q", "--upgrade", "pip"])
+        _run([*pip, "download", "-q", "--no-deps", "-d", str(wheel_dir), f"homeassistant=={HA_VERSION}"])
+        constraints = venv / "constraints.txt"
+        with zipfile.ZipFile(next(wheel_dir.glob("homeassistant-*.whl"))) as wheel:
+            constraints.write_bytes(wheel.read("homeassistant/package_constraints.txt"))
+        _run([*pip, "install", "-q", "-c", str(constraints), f"homeassistant=={HA_VERSION}", *HA_EXTRA])
         done.write_text(f"homeassistant=={HA_VERSION}\n")
     return hass
+
+
+def _run(step: list[str]) -> None:
+    result = subprocess.run(step, capture_output=True, text=True, timeout=1200)
+    if result.returncode != 0:
+        raise RuntimeError(f"installing Home Assistant {HA_VERSION} failed at {' '.join(step[:5])}: "
+                           f"{result.stderr[-2000:]}")
 
 
 def _b64(data: bytes) -> str:
@@ -117,7 +130,7 @@ class HomeAssistant:
     def start(self, timeout: float = 300.0) -> None:
         """Start and wait until the API answers and the MQTT integration is loaded."""
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen([str(self.hass), "-c", str(self.folder), "--skip-pip"], stdout=out,
+            self.proc = subprocess.Popen([str(self.hass), "-c", str(self.folder)], stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
