@@ -52,11 +52,7 @@ def _entities(topics: dict[str, str]) -> dict[tuple[str, str], dict]:
             "name": "Coughs today", "state_topic": counts, "value_template": "{{ value_json.today }}",
             "unit_of_measurement": "coughs", "state_class": "total_increasing", "icon": "mdi:lungs"},
         ("sensor", "last_cough_time"): {
-            "name": "Last cough", "state_topic": counts, "value_template": "{{ value_json.last_cough_utc }}",
-            "device_class": "timestamp", "availability_mode": "all",
-            "availability": [  # unavailable, not an invalid timestamp, until a cough is kept
-                {"topic": topics["status"], "payload_available": "online", "payload_not_available": "offline"},
-                {"topic": counts, "value_template": "{{ 'online' if value_json.last_cough_utc else 'offline' }}"}]},
+            "name": "Last cough", "state_topic": topics["last_cough"], "device_class": "timestamp"},
         ("event", "cough"): {
             "name": "Cough", "state_topic": topics["event"], "event_types": ["cough"], "icon": "mdi:lungs",
             "value_template": "{{ {'event_type': 'cough', 'label': value_json.label, 'onset_utc': "
@@ -90,13 +86,14 @@ def discovery_messages(prefix: str, device_id: str, topics: dict[str, str],
               "manufacturer": "coughwatch", "model": f"edge daemon ({info.detector}, {info.classifier})",
               "sw_version": info.sw_version}
     shared = {"device": device, "origin": {"name": "coughwatch", "sw_version": info.sw_version}}
-    status = {"availability_topic": topics["status"], "payload_available": "online", "payload_not_available": "offline"}
+    availability = {"availability_topic": topics["status"], "payload_available": "online",
+                    "payload_not_available": "offline"}
     out = [(_config_topic(prefix, c, f"coughwatch_{device_id}_{key}"), "") for c, key in RETIRED]
     for (component, key), cfg in _entities(topics).items():
         uid = f"coughwatch_{device_id}_{key}"
         out.append((_config_topic(prefix, component, uid),
-                    json.dumps({**({} if "availability" in cfg else status), **cfg, **shared, "unique_id": uid,
-                                "object_id": uid}, sort_keys=True)))
+                    json.dumps({**cfg, **availability, **shared, "unique_id": uid, "object_id": uid},
+                               sort_keys=True)))
     return out
 
 

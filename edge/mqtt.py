@@ -86,7 +86,7 @@ class MqttSettings:
     ca_file: str = ""
     """CA bundle (PEM) to verify the broker with; empty = the system's."""
     topic_prefix: str = "coughwatch"
-    """Topics are <topic_prefix>/<device_id>/{event,status,stats,counts}."""
+    """Topics are <topic_prefix>/<device_id>/{event,status,stats,counts,last_cough}."""
     keepalive_s: int = 30
     """MQTT keep-alive interval in seconds (5..65535)."""
     reconnect_max_s: int = 60
@@ -269,7 +269,7 @@ class MqttSink:
         self.clock, self.keep_days = clock or SystemClock(), keep_days
         base = f"{s.topic_prefix}/{device_id}"
         self.topics = {"event": f"{base}/event", "status": f"{base}/status", "stats": f"{base}/stats",
-                       "counts": f"{base}/counts"}
+                       "counts": f"{base}/counts", "last_cough": f"{base}/last_cough"}
         self.client = make_client(s, f"coughwatch-{device_id}", will_topic=self.topics["status"])
         self.client.on_connect = guarded(self._on_connect)
         self.client.on_connect_fail = guarded(self._on_connect_fail)
@@ -587,16 +587,21 @@ class MqttSink:
                 log.info("forgot %d coughs older than %g days", pruned, self.keep_days)
             self._last_prune = time.monotonic()
 
-    def _publish_counts(self):
+    def _publish_counts(self) -> list:
+        """The counts, and the latest cough's time on its own topic once there is one (never an empty value,
+        which Home Assistant's timestamp sensor would take for an invalid time); returns the publishes' infos."""
         try:
-            payload = json.dumps(self.counts(), sort_keys=True)
+            counts = self.counts()
         except sqlite3.Error as exc:
             if self._counts_fail.hit():
                 log.error("outbox %s: cannot read the coughs for the counts: %s (%d failures so far)",
                           self.outbox.path, exc, self._counts_fail.count)
-            return None
+            return []
         self._counts_fail.reset()
-        return self._publish_other(self.topics["counts"], payload)
+        sent = [self._publish_other(self.topics["counts"], json.dumps(counts, sort_keys=True))]
+        if counts["last_cough_utc"] is not None:
+            sent.append(self._publish_other(self.topics["last_cough"], counts["last_cough_utc"]))
+        return sent
 
     def depth(self) -> int:
         return self.outbox.depth()
@@ -633,8 +638,8 @@ class MqttSink:
         if lost:
             log.error("exiting with %d events that neither the outbox nor the broker took: they are lost", lost)
         if self.connected.is_set():
-            for info in (self._publish_counts(), self._publish_other(self.topics["status"], "offline")):
-                if info is not None and info.rc == 0:
+            for info in [*self._publish_counts(), self._publish_other(self.topics["status"], "offline")]:
+                if info.rc == 0:
                     info.wait_for_publish(timeout=2)
         self.client.disconnect()
         self.client.loop_stop()

@@ -14,8 +14,8 @@ import soundfile as sf
 
 from conftest import DEMO, ROOT
 from real_home_assistant import HA_VERSION, HomeAssistant, ensure_installed, venv_dir, write_config
-from test_edge_io import Subscriber, edge, run_args
-from test_reliability_counts import silence
+from test_edge_io import Subscriber, run_args
+from test_reliability_counts import run_until_online
 from test_reliability_mqtt import logged_ids
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def speak(proc: subprocess.Popen, seconds_of_silence: float) -> None:
 def entity_ids(device: str = "test") -> list[str]:
     from edge.discovery import entity_ids as ids
 
-    return ids(device, {k: "" for k in ("event", "status", "stats", "counts")})
+    return ids(device, {k: "" for k in ("event", "status", "stats", "counts", "last_cough")})
 
 
 def test_home_assistant_shows_the_device_the_counts_and_each_cough(broker, home_assistant, tmp_path):
@@ -150,11 +150,9 @@ def check_registries(ha: HomeAssistant) -> None:
 
 def test_turning_discovery_off_removes_the_device_from_home_assistant(broker, home_assistant, tmp_path):
     ha = home_assistant
-    on = edge(*run_args(broker.port, tmp_path, "--source", silence(tmp_path), "--fast", "--mqtt-discovery"))
-    assert on.returncode == 0, on.stderr
+    run_until_online(broker.port, tmp_path, "--mqtt-discovery")
     wait_for("every entity in Home Assistant", lambda: all(ha.state(e) for e in entity_ids()))
-    off = edge(*run_args(broker.port, tmp_path, "--source", silence(tmp_path), "--fast", "--no-mqtt-discovery"))
-    assert off.returncode == 0, off.stderr
+    run_until_online(broker.port, tmp_path, "--no-mqtt-discovery")
     wait_for("every entity gone", lambda: not any(ha.state(e) for e in entity_ids()))
     ha.stop()
     assert not [d for d in ha.registry("core.device_registry")["devices"]

@@ -34,6 +34,25 @@ def silence(tmp_path) -> str:
     return str(path)
 
 
+def run_until_online(port: int, tmp_path, *extra: str) -> str:
+    """Run the daemon on stdin until the broker has seen it online, then end its input (a clean exit); returns its
+    log. A run on a short file could end before it ever connected (it waits only for events to deliver)."""
+    sub = Subscriber(port, topic="coughwatch/test/status")
+    before = len(sub.on("/status"))  # the retained status, if any
+    log = tmp_path / "online.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edge", *run_args(port, tmp_path, "--source", "-", *extra)],
+                                cwd=ROOT, stdin=subprocess.PIPE, stderr=err)
+        try:
+            assert b"online" in sub.wait_for("/status", before + 1, timeout=30)[before:], log.read_text()
+        finally:
+            proc.stdin.close()
+            code = proc.wait(timeout=30)
+            sub.close()
+    assert code == 0, log.read_text()
+    return log.read_text()
+
+
 def test_counts_are_retained_valid_and_survive_a_restart(broker, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
     from edge.counts import load_schema
@@ -104,22 +123,20 @@ def test_counts_survive_kill_9_and_equal_the_events_delivered(broker, tmp_path):
 
 def test_discovery_turned_off_removes_the_entities_it_published(broker, tmp_path):
     sub = Subscriber(broker.port, topic="homeassistant/#")
-    never = edge(*run_args(broker.port, tmp_path, "--source", silence(tmp_path), "--fast"))
-    assert never.returncode == 0, never.stderr
+    run_until_online(broker.port, tmp_path)
     assert sub.on("/config") == []  # a device that never published discovery sends no removals
-    on = edge(*run_args(broker.port, tmp_path, "--source", silence(tmp_path), "--fast", "--mqtt-discovery"))
-    assert on.returncode == 0, on.stderr
+    run_until_online(broker.port, tmp_path, "--mqtt-discovery")
+    time.sleep(0.5)
     with sub.lock:
         configs = {t: p for t, p, _ in sub.messages if p}
     assert len(configs) >= 9
     for topic, payload in configs.items():
         config = json.loads(payload)
         assert config["device"]["sw_version"] and "cough-detector" in config["device"]["model"], topic
-        assert config["unique_id"] in topic and (config.get("availability_topic") or config["availability"])
+        assert config["unique_id"] in topic and config["availability_topic"] == "coughwatch/test/status"
     kinds = {t.split("/")[1] for t in configs}
     assert kinds == {"sensor", "event"}
-    off = edge(*run_args(broker.port, tmp_path, "--source", silence(tmp_path), "--fast", "--no-mqtt-discovery"))
-    assert off.returncode == 0, off.stderr
+    run_until_online(broker.port, tmp_path, "--no-mqtt-discovery")
     time.sleep(0.5)
     with sub.lock:
         emptied = {t for t, p, _ in sub.messages if not p}
