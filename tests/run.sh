@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up the dev environment (system packages, .venv with torch 2.13.0 CPU) and run every test, slow ones included.
+# tests/test_home_assistant.py installs Home Assistant into its own cached venv (tests/real_home_assistant.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=(mosquitto systemd-analyze shellcheck mcopy mkfs.fat qemu-aarch64-static)
