@@ -48,6 +48,7 @@ class Daemon:
         return {
             "uptime_s": round(time.monotonic() - self._started, 1), "audio_s": round(audio_s, 1),
             "events": c.events, "sounds": c.sounds, "rejected": c.rejected, "merged": c.merged,
+            "superseded": c.superseded,
             "cpu_s": round(cpu.user + cpu.system, 2),
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "overruns": self.source.overruns, "clipped_samples": c.clipped, "invalid_samples": c.invalid,

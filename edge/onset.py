@@ -52,6 +52,13 @@ class OnsetSettings:
     merge_max_ms: float = 400.0
     """A sound starting this many milliseconds or more after an accepted cough's onset is never merged into it:
     a cough's explosive and voiced phases come 0.14-0.4 s apart, the coughs of a bout further apart."""
+    supersede_ms: float = 600.0
+    """An accepted sound yields to a sound accepted less than this many milliseconds after its onset whose cough
+    score is more than ``supersede_margin`` higher: its window held that cough off its place (a room sound just
+    before a cough). Events are published this much later. 0 = every accepted sound is published."""
+    supersede_margin: float = 0.05
+    """How much higher (cough score, 0-1) the later sound must score; the coughs of a bout score alike and stay
+    separate events."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,6 +78,10 @@ class OnsetSettings:
         if not 0 < self.merge_max_ms <= self.max_duration_ms:
             raise ValueError(f"merge_max_ms = {self.merge_max_ms} must be in (0, max_duration_ms = "
                              f"{self.max_duration_ms}] ms")
+        if not 0 <= self.supersede_ms <= 2000:
+            raise ValueError(f"supersede_ms = {self.supersede_ms} must be in [0, 2000] ms")
+        if not 0 <= self.supersede_margin < 1:
+            raise ValueError(f"supersede_margin = {self.supersede_margin} must be in [0, 1)")
         for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory
@@ -122,6 +133,11 @@ class OnsetDetector:
         self._prev_levels = [-120.0, -120.0]
         self.level_dbfs = -120.0
         """Band energy of the latest frame, in dBFS."""
+
+    @property
+    def unreported_from(self) -> int:
+        """Every sound starting before this sample has been returned (a sound in progress started here)."""
+        return self.position if self._active is None else self._active[0]
 
     @property
     def noise_floor_dbfs(self) -> float:

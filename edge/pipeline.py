@@ -4,7 +4,7 @@ from __future__ import annotations
 import ctypes
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -35,6 +35,8 @@ class Counters:
     """Sounds the cough detector judged not to be coughs."""
     merged: int = 0
     """Sounds that followed an accepted cough without a gap (its later phases): part of its event, not new ones."""
+    superseded: int = 0
+    """Accepted sounds not published because a clearly better one followed within ``supersede_ms``."""
     samples: int = 0
     """Audio samples processed."""
     busy_s: float = 0.0
@@ -77,10 +79,13 @@ class Pipeline:
         self._merge_gap = round(self.onset.s.merge_gap_ms * self.sample_rate / 1000)
         self._merge_max = round(self.onset.s.merge_max_ms * self.sample_rate / 1000)
         self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
+        self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
+        self._held: list[CoughEvent] = []  # accepted, not yet published: a better sound may still supersede them
         self.counters = Counters()
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
-        """Process one chunk at the models' rate; returns the events it completed (also passed to ``emit``)."""
+        """Process one chunk at the models' rate; returns the events it published (also passed to ``emit``): those
+        accepted at least ``supersede_ms`` of classified sounds ago and not superseded."""
         t0 = time.monotonic()
         chunk = self._sanitise(np.asarray(chunk, dtype=np.float32))
         c = self.counters
@@ -89,7 +94,8 @@ class Pipeline:
         for sound in self.onset(chunk):
             c.sounds += 1
             self._pending.append(sound)
-        events = self._drain(final=False, t_complete=t0)
+        self._drain(final=False)
+        events = self._release(final=False, t_complete=t0)
         self._trim()
         c.busy_s += time.monotonic() - t0
         return events
@@ -140,24 +146,48 @@ class Pipeline:
             self._buf_start += drop
 
     def flush(self) -> list[CoughEvent]:
-        """End of stream: classify pending sounds, zero-padding windows that run past the end."""
-        return self._drain(final=True, t_complete=time.monotonic())
+        """End of stream: classify pending sounds, zero-padding windows that run past the end; publish the rest."""
+        t0 = time.monotonic()
+        self._drain(final=True)
+        return self._release(final=True, t_complete=t0)
 
-    def _drain(self, final: bool, t_complete: float) -> list[CoughEvent]:
-        """``t_complete``: when the chunk that completed the windows arrived (latency is counted from it)."""
+    def _drain(self, final: bool) -> None:
+        """Classify the pending sounds whose windows are complete (all of them when ``final``), in onset order."""
         end = self._buf_start + self._buf.size
-        events, keep = [], []
+        keep = []
         for sound in self._pending:
             if final or sound.onset + self._after <= end:
-                if self._continues_cough(sound):
-                    continue
-                event = self._classify(sound, t_complete)
-                if event is not None:
-                    events.append(event)
+                if not self._continues_cough(sound):
+                    self._hold(self._classify(sound))
             else:
                 keep.append(sound)
         self._pending = keep
-        return events
+
+    def _hold(self, event: CoughEvent | None) -> None:
+        """Keep an accepted sound's event back; earlier ones it clearly outscores within ``supersede_ms`` yield."""
+        if event is None:
+            return
+        margin = self.onset.s.supersede_margin
+        beaten = [h for h in self._held if event.onset_sample - h.onset_sample < self._supersede
+                  and event.cough_score > h.cough_score + margin]
+        self.counters.superseded += len(beaten)
+        self._held = [h for h in self._held if all(h is not b for b in beaten)] + [event]
+
+    def _release(self, final: bool, t_complete: float) -> list[CoughEvent]:
+        """Publish held events that no sound still to be classified can supersede. ``t_complete``: when the chunk
+        that released them arrived (latency is counted from it)."""
+        horizon = min([s.onset for s in self._pending] + [self.onset.unreported_from])
+        ready = [h for h in self._held if final or h.onset_sample + self._supersede <= horizon]
+        self._held = [h for h in self._held if all(h is not r for r in ready)]
+        out = []
+        for held in ready:
+            event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
+            self.counters.events += 1
+            self.counters.latencies_ms.append(event.latency_ms)
+            self.emit(event)
+            out.append(event)
+        del self.counters.latencies_ms[:-1000]
+        return out
 
     def _continues_cough(self, sound: Sound) -> bool:
         """True (and the chain extended) when ``sound`` is a later phase of the latest accepted cough: it starts
@@ -175,7 +205,7 @@ class Pipeline:
         return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
                           model.info.pre_roll_samples)
 
-    def _classify(self, sound: Sound, t_complete: float) -> CoughEvent | None:
+    def _classify(self, sound: Sound) -> CoughEvent | None:
         det = self.detector(self._window(sound, self.detector)[None])[0]
         cough_score = float(det[self.detector.info.positive_index])
         if cough_score < self.detector_threshold:
@@ -190,8 +220,7 @@ class Pipeline:
             others = [i for i in range(len(info.labels)) if i != info.positive_index]
             label = info.labels[max(others, key=lambda i: probs[i])]
         onset_utc = self.start_utc + timedelta(seconds=sound.onset / self.sample_rate)
-        latency_ms = (time.monotonic() - t_complete) * 1000
-        event = CoughEvent(
+        return CoughEvent(
             event_id=str(uuid.uuid4()), device_id=self.device_id,
             onset_utc=onset_utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{onset_utc.microsecond // 1000:03d}Z",
             clock_synced=self.synced, onset_sample=sound.onset, sample_rate=self.sample_rate,
@@ -200,9 +229,4 @@ class Pipeline:
             threshold=info.threshold, cough_score=round(cough_score, 6),
             model=ModelRef(info.name, self.classifier.sha256), detector=ModelRef(self.detector.info.name,
                                                                                  self.detector.sha256),
-            latency_ms=round(latency_ms, 3))
-        self.counters.events += 1
-        self.counters.latencies_ms.append(latency_ms)
-        del self.counters.latencies_ms[:-1000]
-        self.emit(event)
-        return event
+            latency_ms=0.0)

@@ -500,6 +500,65 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
     assert [abs(o - w) <= 320 for o, w in zip(onsets, (first, second))] == [True, True]
 
 
+class _LoudnessDetector(_RecordingModel):
+    """A detector whose cough score grows with the loudness of the 100 ms after the onset (a cough is loud where its
+    window puts it; a room sound's window holds a louder sound only later)."""
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        self.windows.extend(windows)
+        pre = self.info.pre_roll_samples
+        peak = np.sqrt(np.mean(windows[:, pre:pre + 1600] ** 2, axis=1))
+        score = np.clip(0.5 + peak, 0.0, 0.99)
+        return np.stack([score, 1 - score], axis=1).astype(np.float32)
+
+
+def _sounds_at(spec: list[tuple[float, float]]) -> np.ndarray:
+    """Noise floor with 100 ms noise bursts: (start in s, RMS) each."""
+    rng = np.random.default_rng(7)
+    audio = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    for start, rms in spec:
+        at = round(start * 16000)
+        audio[at:at + 1600] += (rms * rng.standard_normal(1600)).astype(np.float32)
+    return audio
+
+
+@pytest.mark.parametrize("chunk", [160, 1600, 7000])
+@pytest.mark.parametrize("spec, supersede_ms, want, superseded", [
+    ([(2.0, 0.05), (2.4, 0.4)], 600.0, [2.4], 1),              # a room sound 0.4 s before a cough yields to it
+    ([(2.0, 0.05), (2.4, 0.4)], 0.0, [2.0, 2.4], 0),           # ... unless the rule is off
+    ([(2.0, 0.4), (2.5, 0.38)], 600.0, [2.0, 2.5], 0),         # the coughs of a bout score alike: both stay
+    ([(2.0, 0.05), (2.7, 0.4)], 600.0, [2.0, 2.7], 0),         # a better sound 0.7 s later is another event
+    ([(4.3, 0.05), (4.7, 0.4)], 600.0, [4.7], 1),              # at the end of the stream flush() decides
+])
+def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_supersede_ms(
+        chunk, spec, supersede_ms, want, superseded):
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio = _sounds_at(spec)
+    published = []
+    pipe = Pipeline(_LoudnessDetector("det", 16000, 4000, [0, 0]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
+                    "dev", published.append, onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms)),
+                    synced=True)
+    returned = []
+    for start in range(0, audio.size, chunk):
+        returned += pipe.feed(audio[start:start + chunk])
+    returned += pipe.flush()
+    assert [round(e.onset_sample / 16000, 1) for e in published] == want
+    assert [e.event_id for e in returned] == [e.event_id for e in published], "feed/flush return what they emit"
+    assert pipe.counters.superseded == superseded and pipe.counters.events == len(want)
+    assert pipe.counters.sounds == len(spec) and pipe.counters.rejected == 0
+
+
+def test_supersede_settings_are_bounded():
+    from edge.onset import OnsetSettings
+
+    with pytest.raises(ValueError, match="supersede_ms = 2500.0 must be in \\[0, 2000\\] ms"):
+        OnsetSettings(supersede_ms=2500.0)
+    with pytest.raises(ValueError, match="supersede_margin = 1.0 must be in \\[0, 1\\)"):
+        OnsetSettings(supersede_margin=1.0)
+
+
 def test_merge_gap_is_bounded():
     from edge.onset import OnsetSettings
 

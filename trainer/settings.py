@@ -45,13 +45,13 @@ class DataSettings:
     """In ``context`` scenes whose room is the run's own recordings that are not positive (no ``background``),
     also train, select and test on windows at the room's own onsets, labelled with the run's other label: the
     daemon cuts those windows too (two labels only)."""
-    near_windows: int = 1
+    near_windows: int = 0
     """With room windows, per training scene of a positive recording, this many more windows at onsets whose window
     holds the recording off its place: room onsets from ``window_s - pre_roll_s`` before the recording to
     ``ONSET_TOLERANCE_S`` before it, or within ``pre_roll_s`` after its end (a drawn point before it where the room
     has no such onset). Labelled not positive, so the detector answers yes only where a cough starts: the daemon
-    cuts such windows at a room sound just before a cough, and without them it reports that sound as a second
-    event (0 = off)."""
+    cuts such windows at a room sound just before a cough, and may report that sound as a second event. Off (0)
+    by default: 1 did not help on the validation stream (see README)."""
     context_before_s: float = 3.0
     """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15

@@ -12,6 +12,7 @@ against the truth (:func:`score_stream`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import math
 import json
 import logging
@@ -446,6 +447,24 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     return result
 
 
+class Remembered:
+    """A loaded model whose answer for each window is computed once: a sweep replays the same stream, and which
+    windows the pipeline cuts does not depend on the threshold (which of them merge does)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.info, self.sha256, self.path = model, model.info, model.sha256, model.path
+        self.answers: dict[bytes, np.ndarray] = {}
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        out = []
+        for w in windows:
+            key = hashlib.sha1(np.ascontiguousarray(w, dtype=np.float32).tobytes()).digest()
+            if key not in self.answers:
+                self.answers[key] = self.model(w[None])[0]
+            out.append(self.answers[key])
+        return np.stack(out)
+
+
 def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path,
                               onset: OnsetSettings | None = None) -> dict:
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
@@ -462,8 +481,10 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
-    cls, table = Classifier(classifier), []
-    for t in np.round(np.arange(0.05, 1.0, 0.02), 2):
+    from tqdm import tqdm
+
+    det, cls, table = Remembered(det), Remembered(Classifier(classifier)), []
+    for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
         events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset)
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
         table.append({"threshold": float(t), "sensitivity": m["coughs"]["share"],
@@ -487,7 +508,8 @@ def detector_candidates(det, cls, stream: np.ndarray, truth: list[Placed], onset
     """The cough detector's score at every sound of the stream, through the daemon's pipeline with nothing
     merged: (the best score in each placed cough's span, 0 where no sound, and the score of each sound in no
     placed span)."""
-    events, _ = run_daemon_pipeline(det, cls, stream, 0.0, replace(onset or OnsetSettings(), merge_gap_ms=0.0))
+    events, _ = run_daemon_pipeline(det, cls, stream, 0.0, replace(onset or OnsetSettings(), merge_gap_ms=0.0,
+                                                                        supersede_ms=0.0))
     hits = match_events(truth, [e.onset for e in events], det.info.sample_rate)
     scores = np.array([e.cough_score for e in events])
     best = np.array([max((scores[i] for i in h), default=0.0) for p, h in zip(truth, hits) if p.kind == "cough"])
