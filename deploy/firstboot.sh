@@ -75,8 +75,9 @@ UNIT
 
 stage2() {
   local args=(--device-id "$DEVICE_ID")
-  [ -z "${BROKER:-}" ] || args+=(--broker "$BROKER")
-  [ -z "${MQTT_USERNAME:-}" ] || args+=(--username "$MQTT_USERNAME")
+  [ -z "${MQTT_HOST:-}" ] || args+=(--mqtt-host "$MQTT_HOST" --mqtt-port "${MQTT_PORT:-1883}")
+  [ "${MQTT_TLS:-false}" != "true" ] || args+=(--mqtt-tls)
+  [ -z "${MQTT_USERNAME:-}" ] || args+=(--mqtt-username "$MQTT_USERNAME")
   [ ! -d "$CARD/wheels" ] || args+=(--wheels "$CARD/wheels")
   [ -z "$TARGET" ] || args+=(--root "$TARGET")
   if bash "$CARD/deploy/install.sh" "${args[@]}"; then

@@ -2,20 +2,20 @@
 # Install, upgrade or remove the coughwatch edge daemon on a Raspberry Pi (or any Debian-like system).
 # Idempotent: running it twice with the same arguments changes nothing the second time.
 #
-#   sudo deploy/install.sh --broker mqtts://broker.lan --device-id kitchen [--username pi --secrets-file F]
+#   sudo deploy/install.sh --device-id kitchen --mqtt-host broker.lan --mqtt-port 8883 --mqtt-tls \
+#        [--mqtt-username pi --mqtt-password-file F]   # or COUGHWATCH_MQTT_PASSWORD, or a prompt
 #   sudo deploy/install.sh --upgrade            # newer package and models, config kept
 #   sudo deploy/install.sh --uninstall [--purge]  # config and outbox kept unless --purge
 #
+# The broker flags and the password are those of edge and deploy (README "One vocabulary").
 # Offline: --wheels DIR (coughwatch and its dependency wheels) and --models DIR (<name>/student.int8.onnx);
 # without --wheels it installs from this checkout, or from the package index.
 # --root DIR installs into a throwaway root (tests): no user creation, no service start.
 set -euo pipefail
 
 ROOT=""
-BROKER=""
 DEVICE_ID=""
-USERNAME=""
-SECRETS_FILE=""
+MQTT_ARGS=()
 WHEELS=""
 MODELS=""
 MODE="install"
@@ -30,26 +30,22 @@ say() { echo "install.sh: $*"; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
-    --broker) BROKER="${2:?--broker needs a URL}"; shift 2 ;;
     --device-id) DEVICE_ID="${2:?--device-id needs a value}"; shift 2 ;;
-    --username) USERNAME="${2:?--username needs a value}"; shift 2 ;;
-    --secrets-file) SECRETS_FILE="${2:?--secrets-file needs a file}"; shift 2 ;;
+    --mqtt-host|--mqtt-port|--mqtt-username|--mqtt-password-file) MQTT_ARGS+=("$1=${2?$1 needs a value}"); shift 2 ;;
+    --mqtt-tls|--no-mqtt-tls) MQTT_ARGS+=("$1"); shift ;;
     --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
     --models) MODELS="${2:?--models needs a directory}"; shift 2 ;;
     --upgrade) MODE="upgrade"; shift ;;
     --uninstall) MODE="uninstall"; shift ;;
     --purge) PURGE=1; shift ;;
     --no-start) START=0; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
 
 [ -n "$ROOT" ] || [ "$(id -u)" -eq 0 ] || die "run as root (sudo), or give --root DIR"
 [ "$PURGE" -eq 0 ] || [ "$MODE" = "uninstall" ] || die "--purge only goes with --uninstall"
-if [ -n "$DEVICE_ID" ] && ! [[ "$DEVICE_ID" =~ ^[A-Za-z0-9_-]+$ ]]; then
-  die "--device-id '$DEVICE_ID' may only contain letters, digits, '-' and '_'"
-fi
 
 PREFIX="$ROOT/opt/coughwatch"
 VENV="$PREFIX/venv"
@@ -78,51 +74,21 @@ install_file() {
   say "wrote ${dest#"$ROOT"}"
 }
 
-parse_broker() {  # fail fast on the obvious, before any change; edge.install_config parses and checks it fully
-  local url="$1" rest port=""
-  case "$url" in
-    mqtt://*|mqtts://*) rest="${url#*://}" ;;
-    *) die "--broker '$url' must start with mqtt:// or mqtts://" ;;
-  esac
-  rest="${rest%%/*}"
-  case "$rest" in
-    \[*\]:*) port="${rest##*]:}" ;;  # [fd00::1]:8883
-    \[*) ;;
-    *:*) port="${rest##*:}" ;;
-  esac
-  if [ -n "$port" ] && ! { [[ "$port" =~ ^[0-9]{1,5}$ ]] && [ "$((10#$port))" -ge 1 ] && [ "$((10#$port))" -le 65535 ]; }; then
-    die "--broker '$url': port '$port' is not a number in 1..65535"
-  fi
-}
-
-write_config() {  # through Python: every value TOML-escaped, the file loaded back by the daemon's own checks
-  if [ -f "$CONF_DIR/edge.toml" ] && [ -z "$BROKER$DEVICE_ID$USERNAME" ]; then
+write_config() {  # through Python: the flags parsed as edge parses them, every value TOML-escaped, checked
+  if [ -f "$CONF_DIR/edge.toml" ] && [ -z "$DEVICE_ID" ] && [ "${#MQTT_ARGS[@]}" -eq 0 ]; then
     return 0  # no new settings given: keep the existing file as it is
   fi
-  local tmp
+  local tmp args=()
   tmp="$(mktemp -d)"
-  if ! "$VENV/bin/python" -m edge.install_config --out "$tmp/edge.toml" "--device-id=$DEVICE_ID" \
-      "--broker=$BROKER" "--username=$USERNAME"; then
+  [ -f "$CONF_DIR/secrets.env" ] || ! [ -t 0 ] || args+=(--prompt)
+  if ! "$VENV/bin/python" -m edge.install_config --out "$tmp/edge.toml" --secrets-out "$tmp/secrets.env" \
+      "--device-id=$DEVICE_ID" "${args[@]}" "${MQTT_ARGS[@]}"; then
     rm -rf "$tmp"
     exit 2  # edge.install_config said what is wrong
   fi
   install_file "$tmp/edge.toml" "$CONF_DIR/edge.toml" 0640
+  [ ! -f "$tmp/secrets.env" ] || install_file "$tmp/secrets.env" "$CONF_DIR/secrets.env" 0600
   rm -rf "$tmp"
-}
-
-write_secrets() {
-  if [ -n "$SECRETS_FILE" ]; then
-    [ -r "$SECRETS_FILE" ] || die "--secrets-file $SECRETS_FILE cannot be read"
-    grep -qE '^COUGHWATCH_[A-Z_]+=' "$SECRETS_FILE" || die "--secrets-file must hold lines like COUGHWATCH_MQTT_PASSWORD=..."
-    install_file "$SECRETS_FILE" "$CONF_DIR/secrets.env" 0600
-  elif [ -n "$USERNAME" ] && [ ! -f "$CONF_DIR/secrets.env" ] && [ -t 0 ]; then
-    local pw tmp
-    read -r -s -p "MQTT password for $USERNAME: " pw; echo
-    tmp="$(mktemp)"; chmod 600 "$tmp"
-    printf 'COUGHWATCH_MQTT_PASSWORD=%s\n' "$pw" >"$tmp"
-    install_file "$tmp" "$CONF_DIR/secrets.env" 0600
-    rm -f "$tmp"
-  fi
 }
 
 install_package() {
@@ -152,9 +118,10 @@ install_package() {
 }
 
 install_models() {
-  local src="${MODELS:-$HERE/../models}" name
+  local src="${MODELS:-$HERE/../models}" name names
   [ -d "$src" ] || die "no models at $src (give --models DIR)"
-  for name in cough-detector covid-screen; do
+  names="$("$VENV/bin/python" -m edge.shipped)" || die "the installed package does not name its models"
+  for name in $names; do
     [ -f "$src/$name/student.int8.onnx" ] || die "$src/$name/student.int8.onnx is missing"
     if [ -f "$STATE_DIR/models/$name/student.int8.onnx" ] && [ "$MODE" != "upgrade" ]; then
       continue  # a model pushed later (deploy model push) is not overwritten by a plain re-run
@@ -175,12 +142,11 @@ ensure_user() {
 }
 
 do_install() {
-  ensure_user
   mkdir -p "$CONF_DIR" "$STATE_DIR"
   install_package
+  write_config  # refuses a bad value before the user, models or unit are touched
+  ensure_user
   install_models
-  write_config
-  write_secrets
   local tmp
   tmp="$(mktemp)"
   printf '[Journal]\n# coughwatch: bound the journal to spare the SD card\nSystemMaxUse=50M\nRuntimeMaxUse=20M\n' >"$tmp"
@@ -214,8 +180,6 @@ do_uninstall() {
     say "removed; kept ${CONF_DIR#"$ROOT"} and ${STATE_DIR#"$ROOT"} (outbox, models): --purge removes them"
   fi
 }
-
-[ -z "$BROKER" ] || parse_broker "$BROKER"  # fail fast, before any change
 
 case "$MODE" in
   install|upgrade) do_install ;;

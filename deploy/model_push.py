@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .sdcard import DeployError
+from edge.shipped import INSTALLED, MODEL_FILE, MODELS
 
-NAMES = {"classifier": "covid-screen", "detector": "cough-detector"}
+from .sdcard import DeployError
 
 
 class Runner(Protocol):
-    """Where the commands run: over SSH on a Pi, or locally (tests, or on the Pi itself)."""
+    """Where the commands run: over SSH on a Pi (tests run them locally)."""
 
     sudo: str
 
@@ -42,18 +42,7 @@ class SshRunner:
             raise DeployError(f"could not copy {local} to {self.host}:{remote}")
 
 
-@dataclass
-class LocalRunner:
-    sudo: str = ""
-
-    def run(self, command: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
-
-    def put(self, local: Path, remote: str) -> None:
-        Path(remote).write_bytes(local.read_bytes())
-
-
-def push_model(runner: Runner, model: Path, *, role: str = "classifier", models_dir: str = "/var/lib/coughwatch/models",
+def push_model(runner: Runner, model: Path, *, role: str = "classifier", models_dir: str = str(INSTALLED),
                restart: str = "systemctl restart coughwatch-edge.service",
                check: str = "/opt/coughwatch/venv/bin/edge check --skip-mic --config /etc/coughwatch/edge.toml",
                validate_locally: bool = True) -> str:
@@ -68,7 +57,7 @@ def push_model(runner: Runner, model: Path, *, role: str = "classifier", models_
 
             Classifier(model)  # contract and a test inference; raises ContractError naming what is wrong
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
-    dest = f"{models_dir}/{NAMES[role]}/student.int8.onnx"
+    dest = f"{models_dir}/{MODELS[role]}/{MODEL_FILE}"
     q = shlex.quote
     staging = f"/tmp/coughwatch-{sha[:16]}.onnx"
     runner.put(model, staging)

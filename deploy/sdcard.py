@@ -13,9 +13,14 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from edge.broker import PASSWORD_ENV
+from edge.mqtt import MqttSettings
+from edge.settings import check_device_id
+from edge.shipped import CARD_FILE, MODEL_FILE, MODELS
 
 REPO = Path(__file__).resolve().parent.parent
 FAT_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E}
@@ -98,11 +103,8 @@ class ImagePartition:
 class CardSettings:
     device_id: str
     """Device id (topics, events, MQTT client id)."""
-    broker: str = ""
-    """mqtt://host[:port] or mqtts://host[:port]; empty = events to the journal."""
-    mqtt_username: str = ""
-    mqtt_password: str = ""
-    """Read from a file or a prompt, never from the command line."""
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    """The broker (host empty = events to the journal) and its password, as edge.broker reads them."""
     wifi_ssid: str = ""
     wifi_psk: str = ""
     """Read from a file or a prompt, never from the command line."""
@@ -112,10 +114,10 @@ class CardSettings:
     """Where the Pi mounts the boot partition (/boot/firmware on bookworm, /boot before)."""
 
     def __post_init__(self) -> None:
-        if not self.device_id or not all(c.isalnum() or c in "-_" for c in self.device_id):
-            raise DeployError(f"--device-id {self.device_id!r} may only contain letters, digits, '-' and '_'")
-        if self.broker and not self.broker.startswith(("mqtt://", "mqtts://")):
-            raise DeployError(f"--broker {self.broker!r} must start with mqtt:// or mqtts://")
+        try:
+            check_device_id(self.device_id)
+        except ValueError as exc:
+            raise DeployError(f"--device-id: {exc}") from None
         if self.wifi_ssid and not 8 <= len(self.wifi_psk) <= 63 and len(self.wifi_psk) != 64:
             raise DeployError("the Wi-Fi passphrase must be 8 to 63 characters (or a 64-digit hex PSK)")
         if len(self.wifi_country) != 2 or not self.wifi_country.isalpha():
@@ -142,21 +144,22 @@ def payload(s: CardSettings, wheels: list[Path], models: Path) -> dict[str, byte
         "coughwatch/deploy/firstboot.sh": (REPO / "deploy/firstboot.sh").read_bytes(),
         "coughwatch/systemd/coughwatch-edge.service": (REPO / "systemd/coughwatch-edge.service").read_bytes(),
     }
-    for name in ("cough-detector", "covid-screen"):
-        model = models / name / "student.int8.onnx"
+    for name in MODELS.values():
+        model = models / name / MODEL_FILE
         if not model.is_file():
             raise DeployError(f"{model} is missing (give --models DIR)")
-        files[f"coughwatch/models/{name}/student.int8.onnx"] = model.read_bytes()
-        card = models / name / "MODEL_CARD.md"
+        files[f"coughwatch/models/{name}/{MODEL_FILE}"] = model.read_bytes()
+        card = models / name / CARD_FILE
         if card.is_file():
-            files[f"coughwatch/models/{name}/MODEL_CARD.md"] = card.read_bytes()
+            files[f"coughwatch/models/{name}/{CARD_FILE}"] = card.read_bytes()
     for wheel in wheels:
         files[f"coughwatch/wheels/{wheel.name}"] = wheel.read_bytes()
-    env = {"DEVICE_ID": s.device_id, "BROKER": s.broker, "MQTT_USERNAME": s.mqtt_username,
+    env = {"DEVICE_ID": s.device_id, "MQTT_HOST": s.mqtt.host, "MQTT_PORT": str(s.mqtt.port),
+           "MQTT_TLS": "true" if s.mqtt.tls else "false", "MQTT_USERNAME": s.mqtt.username,
            "WIFI_SSID": s.wifi_ssid, "WIFI_COUNTRY": s.wifi_country}
     files["coughwatch/settings.env"] = "".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()).encode()
-    if s.mqtt_password:
-        files["coughwatch/secrets.env"] = f"COUGHWATCH_MQTT_PASSWORD={s.mqtt_password}\n".encode()
+    if s.mqtt.password:
+        files["coughwatch/secrets.env"] = f"{PASSWORD_ENV}={s.mqtt.password}\n".encode()
     if s.wifi_ssid:
         files["coughwatch/wifi.psk"] = s.wifi_psk.encode()
     return files

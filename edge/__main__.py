@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
-from . import config
+from . import broker, config, logs
 from .audio import AudioError, FileSource, MicSource, StdinSource
 from .contract import ContractError
 from .outbox import OutboxError
@@ -19,10 +21,18 @@ from .settings import DEFAULT_CONFIG, EdgeSettings
 log = logging.getLogger("edge")
 
 
-def _settings(args: argparse.Namespace) -> EdgeSettings:
+SECTIONS = {"run": None, "listen": [f"mqtt.{key}" for key in (*broker.BROKER_KEYS, "ca_file", "topic_prefix",
+                                                                 "keepalive_s", "reconnect_max_s")],
+            "check": ["device", "mic", "model", "mqtt"]}
+"""The settings each subcommand reads, so each shows only its own flags (None = every section)."""
+
+
+def _settings(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> EdgeSettings:
+    """Defaults < config file < COUGHWATCH_<SECTION>_<KEY> < flags; the MQTT password read (edge.broker)."""
     file = args.config or DEFAULT_CONFIG
-    return config.build(EdgeSettings, file=file, args=args, env_prefix="COUGHWATCH",
-                        file_required=args.config is not None)
+    s = config.build(EdgeSettings, file=file, args=args, env_prefix="COUGHWATCH", environ=environ,
+                     file_required=args.config is not None)
+    return dataclasses.replace(s, mqtt=broker.with_password(s.mqtt))
 
 
 def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
@@ -215,9 +225,9 @@ def _sample_rate(text: str) -> int:
     return rate
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="coughwatch edge daemon (research screening, not diagnosis)")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "listen and publish one event per cough"), ("listen", "print events from the broker"),
                         ("check", "verify microphone, models and broker"), ("devices", "list input devices")):
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "devices":
             continue
         p.add_argument("--config", type=Path, default=None, help=f"TOML config (default {DEFAULT_CONFIG} if present)")
-        config.add_arguments(p, EdgeSettings)
+        config.add_arguments(p, EdgeSettings, only=SECTIONS[name])
         if name == "run":
             p.add_argument("--source", default="", help="WAV/FLAC file to replay, or - for raw s16le PCM on stdin")
             p.add_argument("--fast", action="store_true", help="replay the file as fast as possible")
@@ -241,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--session", default="", help="persistent session name: miss nothing while away")
         if name == "check":
             p.add_argument("--skip-mic", action="store_true", help="do not open the microphone")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
     handlers = {"run": cmd_run, "listen": cmd_listen, "check": cmd_check, "devices": cmd_devices}
     try:
         return handlers[args.command](args)

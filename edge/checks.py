@@ -24,7 +24,7 @@ def _check_models(s: EdgeSettings) -> list[str]:
 def _check_mic(s: EdgeSettings) -> list[str]:
     import numpy as np
 
-    from .audio import MicSource
+    from .audio import SILENT_PEAK, MicSource
     from .inference import Classifier
 
     mic = MicSource(s.mic, Classifier(s.model.detector, s.model.threads).info.sample_rate)  # the models' rate
@@ -38,7 +38,7 @@ def _check_mic(s: EdgeSettings) -> list[str]:
     if audio.size == 0:
         raise RuntimeError("the microphone opened but delivered no audio in 1 s")
     peak = float(np.abs(audio).max())
-    note = " (digital silence: muted or wrong input?)" if peak < 1e-4 else ""
+    note = " (digital silence: muted or wrong input?)" if peak < SILENT_PEAK else ""
     return [f"microphone at {mic.native_rate} Hz: {audio.size} samples, peak {peak:.4f}{note}"]
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import typing
+from collections.abc import Collection
 from dataclasses import fields
 from pathlib import Path
 
@@ -47,15 +48,24 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, root: type, shortcuts: dict[str, str] | None = None) -> None:
-    """One flag per field of each section of ``root``; ``shortcuts`` maps extra flags to ``section_field``."""
+def add_arguments(parser: argparse.ArgumentParser, root: type, shortcuts: dict[str, str] | None = None, *,
+                  only: Collection[str] | None = None) -> None:
+    """One flag per field of each section of ``root``; ``shortcuts`` maps extra flags to ``section_field``.
+
+    ``only`` names the sections (``"mqtt"``) or fields (``"mqtt.host"``) that get flags: a subcommand shows the
+    flags it reads and no others.
+    """
     shortcuts = shortcuts or {}
     for section, cls in typing.get_type_hints(root).items():
+        if only is not None and section not in only and not any(k.startswith(f"{section}.") for k in only):
+            continue
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.metadata.get("secret"):
                 continue  # a secret on the command line shows in `ps`: environment or file only
+            if only is not None and section not in only and f"{section}.{f.name}" not in only:
+                continue
             dest = f"{section}_{f.name}"
             flags = [f"--{section}-{f.name.replace('_', '-')}"] + [k for k, v in shortcuts.items() if v == dest]
             doc = _field_doc(cls, f.name)

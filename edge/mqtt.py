@@ -81,6 +81,8 @@ class MqttSettings:
     """User name for password authentication (empty = none)."""
     password: str = field(default="", repr=False, metadata={"secret": True})
     """Password: COUGHWATCH_MQTT_PASSWORD or the config file only (no flag: a flag shows in `ps`)."""
+    password_file: str = ""
+    """File whose first line is the password (instead of COUGHWATCH_MQTT_PASSWORD; see edge.broker)."""
     tls: bool = False
     """Connect with TLS."""
     ca_file: str = ""

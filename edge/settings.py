@@ -13,26 +13,30 @@ from pathlib import Path
 from .audio import MicSettings
 from .mqtt import MqttSettings
 from .onset import OnsetSettings
+from .shipped import default_model
 
 MAX_DEVICE_ID = 64
 """Longest device id, in characters (it is part of topics and of the MQTT client id)."""
 DEVICE_ID_CHARS = frozenset(string.ascii_letters + string.digits + "-_")
 DEFAULT_CONFIG = Path("/etc/coughwatch/edge.toml")
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
-def _default_model(name: str) -> str:
-    for base in (Path("/var/lib/coughwatch/models"), MODELS_DIR):
-        if (base / name / "student.int8.onnx").is_file():
-            return str(base / name / "student.int8.onnx")
-    return str(MODELS_DIR / name / "student.int8.onnx")
+def default_device_id() -> str:
+    """The host name up to its first dot (``kitchen.lan`` -> ``kitchen``): a device id has no dots."""
+    return socket.gethostname().split(".")[0]
+
+
+def check_device_id(value: str) -> None:
+    """The one rule for a device id (topics, events, MQTT client id); ValueError saying it."""
+    if not 1 <= len(value) <= MAX_DEVICE_ID or not all(ch in DEVICE_ID_CHARS for ch in value):
+        raise ValueError(f"id = {value[:80]!r} must be 1..{MAX_DEVICE_ID} ASCII letters, digits, '-' or '_'")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    detector: str = field(default_factory=lambda: _default_model("cough-detector"))
+    detector: str = field(default_factory=lambda: default_model("detector"))
     """Cough-vs-other model (ONNX, coughwatch contract); rejects sounds that are not coughs."""
-    classifier: str = field(default_factory=lambda: _default_model("covid-screen"))
+    classifier: str = field(default_factory=lambda: default_model("classifier"))
     """Model that scores each accepted cough (ONNX, coughwatch contract)."""
     threads: int = 1
     """onnxruntime intra-op threads per model."""
@@ -49,7 +53,7 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class DeviceSettings:
-    id: str = field(default_factory=socket.gethostname)
+    id: str = field(default_factory=default_device_id)
     """Device id: in topics, in events, and in the MQTT client id (1..64 ASCII letters, digits, - and _)."""
     outbox: str = "/var/lib/coughwatch/outbox.sqlite"
     """SQLite outbox file (events wait here until the broker acknowledges them)."""
@@ -63,8 +67,7 @@ class DeviceSettings:
     """Days each cough's time and label are kept in the outbox file for the rolling counts (1..3650)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= len(self.id) <= MAX_DEVICE_ID or not all(ch in DEVICE_ID_CHARS for ch in self.id):
-            raise ValueError(f"id = {self.id[:80]!r} must be 1..{MAX_DEVICE_ID} ASCII letters, digits, '-' or '_'")
+        check_device_id(self.id)
         if not self.outbox:
             raise ValueError("outbox must name a file")
         if not 1 <= self.outbox_max_events <= 10_000_000:

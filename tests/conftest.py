@@ -1,6 +1,7 @@
 """Shared fixtures: a real mosquitto on a free loopback port, tiny real models, real audio."""
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -9,10 +10,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from mosquitto import Broker, make_broker as _make_broker  # noqa: E402
+
+from edge.shipped import CHECKOUT, model_path  # noqa: E402
+
 DATA = ROOT / "tests" / "data"
 DEMO = DATA / "demo.flac"
-DETECTOR = ROOT / "models" / "cough-detector" / "student.int8.onnx"
-CLASSIFIER = ROOT / "models" / "covid-screen" / "student.int8.onnx"
+DETECTOR = model_path(CHECKOUT, "detector")
+CLASSIFIER = model_path(CHECKOUT, "classifier")
+
+
+class LocalRunner:
+    """`deploy model push`'s commands run here rather than over SSH (a stand-in for the Pi)."""
+
+    sudo = ""
+
+    def run(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=300)
+
+    def put(self, local: Path, remote: str) -> None:
+        Path(remote).write_bytes(local.read_bytes())
 
 
 def make_broker(folder: Path, extra: str = "") -> Broker:

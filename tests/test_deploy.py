@@ -60,8 +60,8 @@ def secrets(tmp_path):
     return ["--mqtt-password-file", str(tmp_path / "mqtt.pw"), "--wifi-psk-file", str(tmp_path / "wifi.psk")]
 
 
-ARGS = ["--device-id", "kitchen", "--broker", "mqtts://broker.lan", "--mqtt-username", "pi", "--wifi-ssid", "home net",
-        "--wifi-country", "DE"]
+ARGS = ["--device-id", "kitchen", "--mqtt-host", "broker.lan", "--mqtt-port", "8883", "--mqtt-tls", "--mqtt-username",
+        "pi", "--wifi-ssid", "home net", "--wifi-country", "DE"]
 
 
 def test_sdcard_on_an_image_writes_every_file_and_hooks_firstrun(tmp_path, secrets):
@@ -77,7 +77,8 @@ def test_sdcard_on_an_image_writes_every_file_and_hooks_firstrun(tmp_path, secre
                  "coughwatch/models/covid-screen/student.int8.onnx"):
         assert part.read(name) == (ROOT / name.split("/", 1)[1]).read_bytes(), name
     settings = part.read("coughwatch/settings.env").decode()
-    assert "DEVICE_ID=kitchen" in settings and "BROKER=mqtts://broker.lan" in settings
+    assert "DEVICE_ID=kitchen" in settings and "MQTT_HOST=broker.lan" in settings and "MQTT_PORT=8883" in settings
+    assert "MQTT_TLS=true" in settings and "MQTT_USERNAME=pi" in settings
     assert "WIFI_SSID='home net'" in settings and "WIFI_COUNTRY=DE" in settings and "s3cret" not in settings
     assert part.read("coughwatch/secrets.env") == b"COUGHWATCH_MQTT_PASSWORD=mqtt-s3cret\n"
     assert part.read("coughwatch/wifi.psk") == b"correct horse battery"
@@ -117,7 +118,7 @@ def test_secrets_never_come_from_the_command_line(tmp_path):
     help_text = deploy("sdcard", "--help").stdout
     assert "--mqtt-password-file" in help_text and "--mqtt-password " not in help_text
     result = deploy("sdcard", "--boot", str(boot), "--device-id", "k", "--mqtt-username", "pi")
-    assert result.returncode == 2 and "MQTT password is needed: give it in a file" in result.stderr
+    assert result.returncode == 2 and "MQTT password for pi is needed and stdin is not a terminal" in result.stderr
     assert deploy("sdcard", "--boot", str(boot), "--device-id", "a b").returncode == 2
 
 
@@ -151,13 +152,15 @@ def test_first_boot_in_a_target_root(tmp_path, secrets):
     assert (target / "opt/coughwatch/venv/bin/edge").is_file()
     conf = (target / "etc/coughwatch/edge.toml").read_text()
     assert 'id = "kitchen"' in conf and 'host = "broker.lan"' in conf and 'username = "pi"' in conf
+    assert "port = 8883" in conf and "tls = true" in conf
     assert not unit.exists()  # stage 2 removes itself once the install succeeded
 
 
 def test_model_push_swaps_verifies_and_rolls_back(tmp_path, tiny_model):
     import onnx
 
-    from deploy.model_push import LocalRunner, push_model
+    from conftest import LocalRunner
+    from deploy.model_push import push_model
     from deploy.sdcard import DeployError
     from edge.contract import ContractError
 

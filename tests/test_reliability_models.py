@@ -146,7 +146,8 @@ def test_detector_and_classifier_rates_that_differ_are_refused_by_run_and_check(
 
 
 def test_model_push_refuses_a_failing_model_locally_and_rolls_back_remotely(tmp_path, tiny_model):
-    from deploy.model_push import LocalRunner, push_model
+    from conftest import LocalRunner
+    from deploy.model_push import push_model
     from deploy.sdcard import DeployError
     from edge.contract import ContractError
 

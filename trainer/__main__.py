@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from pathlib import Path
 
-from edge import config
+from edge import config, logs
 
 from . import negatives
 
@@ -50,7 +49,7 @@ def _report(result: dict, shown: dict, out: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="trainer", description="Distil a wav2vec2 teacher into a tiny ONNX student.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of that draw")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(args.log_level)
     try:
         if args.command == "distill":
             from .pipeline import run_distill

@@ -1,0 +1,108 @@
+"""One vocabulary: the broker flags and the password parse the same way in `edge`, `deploy sdcard` and install.sh;
+each `edge` subcommand shows only its own flags; one verbosity flag in every program."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from test_install_sh import fake_venv, install, load_config
+
+BROKER = ["--mqtt-host", "127.0.0.1", "--mqtt-port", "8884", "--mqtt-tls", "--mqtt-username", "pi"]
+
+
+def edge_broker(argv: list[str], environ: dict[str, str], tmp_path):
+    from edge.__main__ import _settings, build_parser
+
+    args = build_parser().parse_args(["check", "--config", str(tmp_path / "none.toml"), *argv])
+    (tmp_path / "none.toml").write_text("")
+    return _settings(args, environ).mqtt
+
+
+def deploy_broker(argv: list[str], environ: dict[str, str], tmp_path):
+    from deploy.cli import build_parser, card_settings
+
+    args = build_parser().parse_args(["sdcard", "--boot", str(tmp_path), "--device-id", "kitchen", *argv])
+    return card_settings(args, environ).mqtt
+
+
+def install_sh_broker(argv: list[str], environ: dict[str, str], tmp_path):
+    from edge.broker import PASSWORD_ENV
+
+    root = tmp_path / "root"
+    fake_venv(root)
+    result = subprocess.run(["bash", str(ROOT / "deploy/install.sh"), "--root", str(root), "--device-id", "kitchen",
+                             *argv], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                            env={"PATH": "/usr/bin:/bin", **environ})
+    assert result.returncode == 0, result.stdout + result.stderr
+    s = load_config(root / "etc/coughwatch/edge.toml").mqtt
+    secrets = root / "etc/coughwatch/secrets.env"
+    password = secrets.read_text().removeprefix(f"{PASSWORD_ENV}=").rstrip("\n") if secrets.exists() else ""
+    return s.__class__(host=s.host, port=s.port, tls=s.tls, username=s.username, password=password)
+
+
+PROGRAMS = {"edge": edge_broker, "deploy": deploy_broker, "install.sh": install_sh_broker}
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_broker_and_password_file_parse_the_same_way(program, tmp_path):
+    (tmp_path / "mqtt.pw").write_text("s3cret word\nsecond line ignored\n")
+    s = PROGRAMS[program]([*BROKER, "--mqtt-password-file", str(tmp_path / "mqtt.pw")], {}, tmp_path)
+    assert (s.host, s.port, s.tls, s.username, s.password) == ("127.0.0.1", 8884, True, "pi", "s3cret word")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_password_from_the_environment(program, tmp_path):
+    s = PROGRAMS[program](BROKER, {"COUGHWATCH_MQTT_PASSWORD": "from-env"}, tmp_path)
+    assert (s.host, s.username, s.password) == ("127.0.0.1", "pi", "from-env")
+
+
+@pytest.mark.parametrize("program", ["edge", "deploy"])
+def test_a_password_given_twice_is_refused(program, tmp_path):
+    from deploy.sdcard import DeployError
+    from edge.config import ConfigError
+
+    (tmp_path / "mqtt.pw").write_text("one\n")
+    with pytest.raises((ConfigError, DeployError), match="given twice"):
+        PROGRAMS[program]([*BROKER, "--mqtt-password-file", str(tmp_path / "mqtt.pw")],
+                          {"COUGHWATCH_MQTT_PASSWORD": "two"}, tmp_path)
+
+
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-m", "edge", "run", "--help"],
+    [sys.executable, "-m", "edge", "listen", "--help"],
+    [sys.executable, "-m", "edge", "check", "--help"],
+    [sys.executable, "-m", "deploy", "sdcard", "--help"],
+    [sys.executable, "-m", "edge.install_config", "--help"],
+])
+def test_every_program_takes_the_same_broker_flags_and_no_password_flag(argv):
+    text = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60).stdout
+    for flag in ("--mqtt-host", "--mqtt-port", "--mqtt-tls", "--mqtt-username", "--mqtt-password-file"):
+        assert flag in text, flag
+    assert "--mqtt-password " not in text and "--broker" not in text
+
+
+def test_install_sh_takes_no_password_flag(tmp_path):
+    result = install(tmp_path, "--mqtt-password", "s3cret", check=False)
+    assert result.returncode == 2 and "unknown argument: --mqtt-password" in result.stderr
+
+
+def test_each_edge_subcommand_shows_only_its_own_flags():
+    def flags(command: str) -> str:
+        return subprocess.run([sys.executable, "-m", "edge", command, "--help"], capture_output=True, text=True,
+                              cwd=ROOT, timeout=60).stdout
+
+    run, listen, check = flags("run"), flags("listen"), flags("check")
+    assert "--onset-on-db" in run and "--mic-device" in run and "--model-detector" in run
+    assert "--onset-on-db" not in listen and "--mic-device" not in listen and "--model-detector" not in listen
+    assert "--device-id" not in listen and "--mqtt-discovery" not in listen and "--mqtt-topic-prefix" in listen
+    assert "--onset-on-db" not in check and "--model-detector" in check and "--mic-device" in check
+
+
+@pytest.mark.parametrize("program", ["edge", "trainer", "deploy"])
+def test_one_verbosity_flag(program):
+    text = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120).stdout
+    assert "--log-level" in text and "--verbose" not in text
