@@ -23,6 +23,7 @@ from edge.inference import Classifier  # noqa: E402
 from edge.mqtt import MqttSettings, MqttSink  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
+from edge.shipped import CHECKOUT, model_path  # noqa: E402
 from mosquitto import make_broker  # noqa: E402
 
 
@@ -40,9 +41,8 @@ class TimedOutbox(Outbox):
 
 def main() -> int:
     recording = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/data/demo.flac"
-    models = ROOT / "models"
-    detector = Classifier(models / "cough-detector/student.int8.onnx")
-    classifier = Classifier(models / "covid-screen/student.int8.onnx")
+    detector = Classifier(model_path(CHECKOUT, "detector"))
+    classifier = Classifier(model_path(CHECKOUT, "classifier"))
     with tempfile.TemporaryDirectory() as tmp:
         broker = make_broker(Path(tmp))
         broker.start()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).with_name("counts.schema.json")
 SCHEMA_VERSION = 1
 HOURS = 24
 """Length of the hourly series, in hours."""
@@ -116,9 +115,3 @@ def rolling_counts(recent: Recent, now: ClockReading, *, device_id: str, keep_da
         "last_cough_utc": None if recent.last_age_s is None else iso_utc(now.wall_s - recent.last_age_s),
         "kept": recent.kept, "kept_days": keep_days,
     }
-
-
-def load_schema() -> dict:
-    import json
-
-    return json.loads(SCHEMA_PATH.read_text())

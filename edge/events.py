@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-SCHEMA_PATH = Path(__file__).with_name("event.schema.json")
 SCHEMA_VERSION = 1
 
 
@@ -45,6 +43,3 @@ class CoughEvent:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
-
-def load_schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())

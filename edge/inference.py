@@ -32,6 +32,20 @@ def make_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def read_info(session, path: str | Path) -> ModelInfo:
+    """The contract of the model a session holds: metadata and graph inputs/outputs checked (ContractError naming
+    ``path``). The one check of a model file, for the daemon at load and for `trainer export` after writing."""
+    meta = session.get_modelmeta()
+    name = meta.graph_name if meta.graph_name and meta.graph_name not in ("main_graph", "torch_jit") else Path(path).stem
+    try:
+        info = parse_metadata(dict(meta.custom_metadata_map), name=name)
+        check_io(info, [(i.name, i.shape) for i in session.get_inputs()],
+                 [(o.name, o.shape) for o in session.get_outputs()])
+    except ContractError as exc:
+        raise ContractError(f"{path}: {exc}") from exc
+    return info
+
+
 class Classifier:
     """A model file checked against the contract at load; ``__call__`` maps windows to probabilities."""
 
@@ -48,14 +62,7 @@ class Classifier:
             self.session = make_session(path, threads)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ContractError(f"{path}: onnxruntime cannot load it: {exc}") from exc
-        meta = self.session.get_modelmeta()
-        name = meta.graph_name if meta.graph_name and meta.graph_name not in ("main_graph", "torch_jit") else path.stem
-        try:
-            self.info: ModelInfo = parse_metadata(dict(meta.custom_metadata_map), name=name)
-            check_io(self.info, [(i.name, i.shape) for i in self.session.get_inputs()],
-                     [(o.name, o.shape) for o in self.session.get_outputs()])
-        except ContractError as exc:
-            raise ContractError(f"{path}: {exc}") from exc
+        self.info: ModelInfo = read_info(self.session, path)
         self.path = path
         self._probe()
 

@@ -14,10 +14,6 @@ class Notifier:
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() else 0.0
         """Interval at which systemd expects WATCHDOG=1, in seconds (0 = no watchdog)."""
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def notify(self, *fields: str) -> None:
         if not self.address:
             return

@@ -19,6 +19,13 @@ DETECTOR = model_path(CHECKOUT, "detector")
 CLASSIFIER = model_path(CHECKOUT, "classifier")
 
 
+def load_schema(name: str) -> dict:
+    """A published message's JSON schema: ``event`` or ``counts`` (edge/<name>.schema.json)."""
+    import json
+
+    return json.loads((ROOT / "edge" / f"{name}.schema.json").read_text())
+
+
 class LocalRunner:
     """`deploy model push`'s commands run here rather than over SSH (a stand-in for the Pi)."""
 

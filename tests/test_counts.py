@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import make_broker
-from edge.counts import DAY_S, HOUR_S, ClockReading, load_schema, local_hour_start, local_midnight
+from conftest import load_schema, make_broker
+from edge.counts import DAY_S, HOUR_S, ClockReading, local_hour_start, local_midnight
 from edge.events import CoughEvent, ModelRef
 from edge.mqtt import MqttSettings, MqttSink
 from edge.outbox import Outbox
@@ -79,7 +79,7 @@ def test_windows_hourly_series_and_labels_follow_the_coughs(tmp_path, offline_po
         counts = sink.counts()
     finally:
         shut(sink)
-    jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker()).validate(counts)
+    jsonschema.Draft202012Validator(load_schema("counts"), format_checker=jsonschema.FormatChecker()).validate(counts)
     assert (counts["last_hour"], counts["last_24h"], counts["today"]) == (2, 5, 4)  # midnight was 12 h ago
     assert counts["by_label_24h"] == {"negative": 2, "positive": 3}
     assert counts["kept"] == 6 and counts["kept_days"] == 30.0

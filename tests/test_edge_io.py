@@ -66,7 +66,7 @@ def run_args(port: int, tmp_path, *extra: str) -> list[str]:
 
 def test_events_arrive_with_the_documented_schema(broker, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    from edge.events import load_schema
+    from conftest import load_schema
 
     sub = Subscriber(broker.port)
     result = edge(*run_args(broker.port, tmp_path, "--source", str(DEMO), "--fast"))
@@ -75,7 +75,7 @@ def test_events_arrive_with_the_documented_schema(broker, tmp_path):
     status = sub.wait_for("/status", 2)
     sub.close()
     assert len(events) >= 3
-    validator = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker())
+    validator = jsonschema.Draft202012Validator(load_schema("event"), format_checker=jsonschema.FormatChecker())
     for e in events:
         validator.validate(e)
         assert e["device_id"] == "test" and e["detector"]["name"] == "cough-detector"

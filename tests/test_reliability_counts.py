@@ -55,13 +55,13 @@ def run_until_online(port: int, tmp_path, *extra: str) -> str:
 
 def test_counts_are_retained_valid_and_survive_a_restart(broker, tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    from edge.counts import load_schema
+    from conftest import load_schema
 
     first = edge(*run_args(broker.port, tmp_path, "--source", str(DEMO), "--fast"))
     assert first.returncode == 0, first.stderr
     n = len(logged_ids(first.stderr))
     counts = retained_counts(broker.port)
-    jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.FormatChecker()).validate(counts)
+    jsonschema.Draft202012Validator(load_schema("counts"), format_checker=jsonschema.FormatChecker()).validate(counts)
     assert n >= 3 and counts["last_hour"] == counts["last_24h"] == counts["kept"] == n
     assert sum(counts["by_label_24h"].values()) == n and sum(h["coughs"] for h in counts["hourly"]) == n
     second = edge(*run_args(broker.port, tmp_path, "--source", str(DEMO), "--fast"))  # the service restarted

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.contract import CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAME, check_io, parse_metadata
+from edge.contract import CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAME
+from edge.inference import make_session, read_info
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -110,21 +111,11 @@ def set_threshold(path: str | Path, threshold: float) -> None:
 
 def validate(path: str | Path):
     """Run the edge's own contract check on a file (the same code the daemon runs at load)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta()
-    info = parse_metadata(dict(meta.custom_metadata_map), name=meta.graph_name or Path(path).stem)
-    check_io(info, [(i.name, i.shape) for i in sess.get_inputs()], [(o.name, o.shape) for o in sess.get_outputs()])
-    return info
+    return read_info(make_session(path), path)
 
 
 def run_onnx(path: str | Path, windows: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(path, threads=1)
     return np.concatenate([sess.run([OUTPUT_NAME], {INPUT_NAME: windows[s: s + batch_size]})[0]
                            for s in range(0, len(windows), batch_size)])
 
