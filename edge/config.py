@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import logging
 import math
 import os
@@ -123,7 +124,8 @@ def build(root: type, *, file: str | Path | None = None, args: argparse.Namespac
 
 
 def _read_file(path: Path, required: bool) -> dict:
-    """The TOML file as a dict; a clear ConfigError when it is missing, unreadable, not UTF-8 or not TOML."""
+    """The TOML file (or a run's settings.json) as a dict; a clear ConfigError when it is missing, unreadable, not
+    UTF-8 or not TOML."""
     if not path.exists():
         if required:
             raise ConfigError(f"config file {path} does not exist")
@@ -131,7 +133,15 @@ def _read_file(path: Path, required: bool) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} is not a regular file")
     try:
-        return tomllib.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
+        if path.suffix == ".json":  # a run folder's settings.json, as `trainer distill` wrote it
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: not a JSON object of settings sections")
+            return {k: v for k, v in data.items() if k != "command"}
+        return tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:

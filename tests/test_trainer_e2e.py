@@ -81,16 +81,25 @@ def test_evaluate_and_reexport(run, tmp_path, capsys):
     from trainer.__main__ import main
 
     assert main(["evaluate", str(run / "student.int8.onnx"), "--data", str(DATA / "covid-sample"),
-                 "--background", str(DATA / "room-sample"), "--group-by", "source", "--bootstrap", "20",
-                 "--out", str(tmp_path / "m.json")]) == 0
-    metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["scenes"] == "context" and metrics["threshold_source"] == "model"
+                 "--data-background", str(DATA / "room-sample"), "--data-group-by", "source", "--run-bootstrap", "20",
+                 "--out", str(tmp_path / "all")]) == 0
+    metrics = json.loads((tmp_path / "all/evaluate.json").read_text())
+    assert metrics["scenes"] == "context" and metrics["threshold_source"] == "model" and metrics["split"] == "all"
     assert metrics["pooled"]["n"] == metrics["windows"] >= 31 - metrics["recordings_without_onset"]
     assert "telegram" in metrics["by_group"]
-    assert main(["export", str(run / "student"), "--out", str(tmp_path / "again.onnx")]) == 0
+    # the run's own settings: its manifests, rooms and split rule; its test split is what distill scored
+    assert main(["evaluate", str(run / "student.int8.onnx"), "--config", str(run / "settings.json"),
+                 "--split", "test", "--out", str(tmp_path / "test")]) == 0
+    test = json.loads((tmp_path / "test/evaluate.json").read_text())
+    report = json.loads((run / "report.json").read_text())
+    assert test["split"] == "test" and test["manifest"] == str(DATA / "covid-sample")
+    assert 0 < test["windows"] < metrics["windows"] and set(test["by_group"]) <= {"call-center", "telegram"}
+    assert test["windows"] == report["windows"]["test"]["windows"]
+    assert main(["export", str(run / "student"), "--out", str(tmp_path / "again")]) == 0
     from edge.inference import Classifier
 
-    assert Classifier(tmp_path / "again.onnx").info.positive_label == "positive"
+    assert Classifier(tmp_path / "again/student.onnx").info.positive_label == "positive"
+    assert Classifier(tmp_path / "again/student.int8.onnx").info.labels == ("positive", "negative")
 
 
 @pytest.mark.slow

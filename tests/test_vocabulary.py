@@ -106,3 +106,19 @@ def test_one_verbosity_flag(program):
     text = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True, text=True, cwd=ROOT,
                           timeout=120).stdout
     assert "--log-level" in text and "--verbose" not in text
+
+
+def test_a_runs_settings_json_is_a_config_file(tmp_path):
+    import json
+
+    from edge import config
+    from trainer.settings import Settings
+
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps({"command": "trainer distill ...", "data": {"manifest": "m.csv", "label_map": "a=b"},
+                                "run": {"seed": 3}}))
+    s = config.build(Settings, file=path)
+    assert (s.data.manifest, s.data.label_map, s.run.seed) == ("m.csv", "a=b", 3)
+    path.write_text("[1, 2]")
+    with pytest.raises(config.ConfigError, match="not a JSON object"):
+        config.build(Settings, file=path)

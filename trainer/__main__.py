@@ -11,7 +11,7 @@ from edge import config, logs
 
 from . import negatives
 
-from .settings import add_arguments, from_args
+from .settings import SHORTCUTS, Settings, add_arguments, from_args
 from .stream import StreamCommand
 
 
@@ -46,41 +46,48 @@ def _report(result: dict, shown: dict, out: Path | None) -> None:
         out.write_text(json.dumps(result, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="trainer", description="Distil a wav2vec2 teacher into a tiny ONNX student.")
-    logs.add_arguments(parser)
-    sub = parser.add_subparsers(dest="command", required=True)
+EVALUATE_KEYS = [*(f"data.{k}" for k in ("manifest", "label_map", "positive_label", "group_by", "pad", "background",
+                                         "background_labels", "level_min_db", "level_max_db", "room_windows",
+                                         "context_before_s", "val_fraction", "test_fraction", "synthetic_per_kind")),
+                 "onset", "run.seed", "run.bootstrap"]
+"""The settings of `trainer distill` that `trainer evaluate` reads (a run's settings.json gives them all)."""
+EXPORT_KEYS = ["data.manifest", "data.label_map", "teacher.source", "run.seed", "run.quantize"]
+"""... and those `trainer export` reads (its calibration audio, the teacher it names)."""
 
-    p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
-    add_arguments(p)
 
-    p = sub.add_parser("evaluate", help="score a checkpoint folder or ONNX file on a manifest")
+def add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a checkpoint folder or ONNX file on the data settings of a run",
+                       description="Score a model on every onset window of the recordings of --split, heard as "
+                                   "`trainer distill` hears them; --config RUN/settings.json re-scores it on the "
+                                   "manifests, label map, split and rooms of the run that trained it.")
     p.add_argument("model", type=Path)
-    p.add_argument("--data", required=True, help="CSV manifest or folder")
-    p.add_argument("--positive-label", default="", help="label scored as positive (default: the model's)")
-    p.add_argument("--group-by", default="", help="also report per value of this manifest column")
-    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the ONNX file's, else 0.5)")
-    p.add_argument("--bootstrap", type=int, default=1000)
-    p.add_argument("--pad", choices=("context", "wrap", "zero"), default=None,
-                   help="what each recording is heard in (default: as the model was trained)")
-    p.add_argument("--background", default="", help="manifest(s) of room audio for context scenes "
-                                                    "(default: the manifest's recordings that are not positive)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
-    p.add_argument("--out", type=Path, default=None, help="write the metrics as JSON here")
+    p.add_argument("--config", type=Path, help="TOML file with [data] and [run], or a run folder's settings.json")
+    config.add_arguments(p, Settings, SHORTCUTS, only=EVALUATE_KEYS)
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="which recordings, split by the run's stable rule (default all)")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the ONNX file's, "
+                                                                  "else 0.5)")
+    p.add_argument("--out", type=Path, default=None, help="folder to write evaluate.json into")
 
-    p = sub.add_parser("export", help="re-export a checkpoint folder to a contract-conforming ONNX file")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+
+def add_export(sub) -> None:
+    p = sub.add_parser("export", help="re-export a run's checkpoint to contract-conforming ONNX files")
+    p.add_argument("checkpoint", type=Path, help="a run's student/ (or teacher/) folder")
+    p.add_argument("--config", type=Path, default=None,
+                   help="TOML file or a run's settings.json (default: the checkpoint's run's settings.json)")
+    config.add_arguments(p, Settings, SHORTCUTS, only=EXPORT_KEYS)
     p.add_argument("--threshold", type=float, default=None, help="default: from the run's report.json")
-    p.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx (needs --calibration)")
-    p.add_argument("--calibration", default="", help="manifest whose audio calibrates int8 quantisation")
+    p.add_argument("--out", type=Path, required=True, help="folder to write student.onnx (and student.int8.onnx) into")
 
+
+def add_benchmark(sub) -> None:
     p = sub.add_parser("benchmark", help="size, MACs and single-thread latency: student vs teacher vs wav2vec2-base")
     p.add_argument("--run", type=Path, required=True, help="run folder (student/, teacher/, student*.onnx)")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model (median reported)")
     p.add_argument("--skip-base", action="store_true", help="skip the wav2vec2-base-sized references")
 
+
+def add_stream(sub) -> None:
     p = sub.add_parser("stream", help="the daemon's pipeline on a held-out stream with sounds at known levels",
                        description="Build a stream from one split of the manifests (coughs and other sounds at known "
                                    "times and levels in a room of held-out recordings), run edge's Pipeline on it "
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="on a validation stream (--stream-split val): sweep the detector's threshold, write the most "
                         "sensitive one within --stream-max-false-per-hour into the detector file")
 
+
+def add_negatives(sub) -> None:
     p = sub.add_parser("negatives", help="build a manifest of non-cough sounds from Debian packages",
                        description="Download Debian packages that ship recorded sound (apt-get download, dpkg -x), "
                                    "take each audio file's licence from the package's copyright file, and write "
@@ -111,37 +120,66 @@ def main(argv: list[str] | None = None) -> int:
                    help="at most this many clips per package, drawn by --seed one group (speaker, set) at a time")
     p.add_argument("--seed", type=int, default=0, help="seed of that draw")
 
-    args = parser.parse_args(argv)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description="Distil a wav2vec2 teacher into a tiny ONNX student.")
+    logs.add_arguments(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
+    add_arguments(p)
+    for add in (add_evaluate, add_export, add_benchmark, add_stream, add_negatives):
+        add(sub)
+    return parser
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from .tools import evaluate_file
+
+    s = config.build(Settings, file=args.config, args=args).validate()
+    text = json.dumps(evaluate_file(args.model, s, split=args.split, threshold=args.threshold), indent=2)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "evaluate.json").write_text(text)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .tools import reexport
+
+    run_settings = args.checkpoint.parent / "settings.json"
+    file = args.config or (run_settings if run_settings.is_file() else None)
+    for path in reexport(args.checkpoint, args.out, config.build(Settings, file=file, args=args),
+                         threshold=args.threshold):
+        print(path)
+
+
+def run_command(args: argparse.Namespace, argv: list[str]) -> None:
+    if args.command == "distill":
+        from .pipeline import run_distill
+
+        run_distill(from_args(args), argv[1:])
+    elif args.command == "evaluate":
+        run_evaluate(args)
+    elif args.command == "export":
+        run_export(args)
+    elif args.command == "stream":
+        run_stream_command(args, argv)
+    elif args.command == "benchmark":
+        from .benchmark import run_benchmark
+
+        run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
+    elif args.command == "negatives":
+        negatives.run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
+                      allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
+                      seed=args.seed, command="trainer " + shlex.join(argv))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
     try:
-        if args.command == "distill":
-            from .pipeline import run_distill
-
-            run_distill(from_args(args), argv[1:])
-        elif args.command == "evaluate":
-            from .tools import evaluate_file
-
-            result = evaluate_file(args.model, args.data, positive_label=args.positive_label, group_by=args.group_by,
-                                   threshold=args.threshold, bootstrap=args.bootstrap, pad=args.pad or "",
-                                   background=args.background, seed=args.seed)
-            text = json.dumps(result, indent=2)
-            print(text)
-            if args.out:
-                args.out.write_text(text)
-        elif args.command == "export":
-            from .tools import reexport
-
-            reexport(args.checkpoint, args.out, threshold=args.threshold, int8=args.int8, calibration=args.calibration)
-        elif args.command == "stream":
-            run_stream_command(args, argv)
-        elif args.command == "benchmark":
-            from .benchmark import run_benchmark
-
-            run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
-        elif args.command == "negatives":
-            negatives.run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
-                          allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
-                          seed=args.seed, command="trainer " + shlex.join(argv))
+        run_command(args, argv)
     except (ValueError, FileNotFoundError) as exc:
         print(f"trainer {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """`trainer evaluate` and `trainer export`: score any checkpoint or ONNX file, re-export a checkpoint."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ from .evaluate import evaluate
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
 from .models import load_checkpoint
 from .context import ContextSettings, SceneMaker
+from .settings import Settings
 from .train import WindowSet, evaluation_windows, predict_logits, softmax
 
 
@@ -21,51 +25,70 @@ def manifest_windows(clips: list[D.Clip], pool: list[D.Clip], labels: tuple[str,
     return evaluation_windows(clips, maker, labels, window=window, pre_roll=pre_roll, seed=seed, split="evaluate")
 
 
-def evaluate_file(model_path: Path, manifest: str, *, positive_label: str = "", group_by: str = "",
-                  threshold: float | None = None, bootstrap: int = 1000, pad: str = "", background: str = "",
-                  seed: int = 0) -> dict:
-    """Metrics for a checkpoint folder or ONNX file on every onset window of every usable clip of ``manifest``.
+@dataclass(frozen=True)
+class Scorer:
+    """What scoring needs of a model, whether an ONNX file or a checkpoint folder."""
 
-    Recordings are heard as in training (``pad``, default the model's own): in ``context`` mode the room is
-    made of ``background`` (a manifest; default the manifest's own recordings that are not positive).
-    """
-    threshold_source = "model" if threshold is None else "flag"
+    labels: tuple[str, ...]
+    positive: str
+    sample_rate: int
+    window: int
+    pre_roll: int
+    threshold: float | None
+    """The threshold the file carries (None for a checkpoint)."""
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+def load_scorer(model_path: Path) -> Scorer:
     if model_path.suffix == ".onnx":
         from edge.inference import Classifier
 
-        classifier = Classifier(model_path)
-        info = classifier.info
-        labels, positive, window, pre_roll = info.labels, info.positive_label, info.window_samples, info.pre_roll_samples
-        rate = info.sample_rate
-        pad = pad or classifier.session.get_modelmeta().custom_metadata_map.get("window_pad", "zero")
-        threshold = info.threshold if threshold is None else threshold
-        predict = lambda w: run_onnx(model_path, w)  # noqa: E731
-    else:
-        model = load_checkpoint(model_path)
-        spec = model.spec
-        labels, positive, window, pre_roll = spec.labels, spec.positive_label, spec.window_samples, spec.pre_roll_samples
-        rate = spec.sample_rate
-        pad = pad or spec.pad
-        threshold = 0.5 if threshold is None else threshold
-        predict = lambda w: softmax(predict_logits(model, w))  # noqa: E731
-    positive = positive_label or positive
-    clips = D.load_manifest(manifest)
+        info = Classifier(model_path).info
+        return Scorer(info.labels, info.positive_label, info.sample_rate, info.window_samples, info.pre_roll_samples,
+                      info.threshold, lambda w: run_onnx(model_path, w))
+    model = load_checkpoint(model_path)
+    spec = model.spec
+    return Scorer(spec.labels, spec.positive_label, spec.sample_rate, spec.window_samples, spec.pre_roll_samples,
+                  None, lambda w: softmax(predict_logits(model, w)))
+
+
+def evaluate_file(model_path: Path, s: Settings, *, split: str = "all", threshold: float | None = None) -> dict:
+    """Metrics for a checkpoint folder or ONNX file on every onset window of the recordings of ``split``.
+
+    The data settings are those of `trainer distill`, and the windows are cut as it cuts them (scenes, rooms,
+    synthetic sounds, room windows): a run's settings.json re-scores its model on the windows it was tested on.
+    """
+    from .pipeline import add_synthetic, background_pools, context_settings, room_label
+
+    m = load_scorer(model_path)
+    s = dataclasses.replace(s, data=dataclasses.replace(s.data, sample_rate=m.sample_rate))
+    d, positive = s.data, s.data.positive_label or m.positive
+    clips = D.load_manifests(d.manifest, d.label_map)
     D.relabel(clips, positive)
-    unknown = {c.label for c in clips} - set(labels)
+    unknown = {c.label for c in clips} - set(m.labels)
     if unknown:
-        raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(labels)}")
-    clips = D.load_audio(clips, rate, min_samples=rate // 10)
-    pool = (D.load_audio(D.load_manifests(background), rate, min_samples=rate // 2) if background
-            else [c for c in clips if c.label != positive])
-    ws = manifest_windows(clips, pool, labels, mode=pad, sample_rate=rate, window=window, pre_roll=pre_roll, seed=seed)
-    probs = predict(ws.windows)
-    groups = [clips[i].column(group_by) for i in ws.clip] if group_by else None
-    return {"model": str(model_path), "manifest": str(manifest), "scenes": pad, "windows": int(len(ws.windows)),
-            "recordings_without_onset": ws.unheard, "threshold_source": threshold_source,
-            **evaluate(probs, ws.targets, labels.index(positive), threshold, groups=groups, bootstrap=bootstrap)}
+        raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(m.labels)}")
+    clips = D.load_audio(clips, m.sample_rate, min_samples=m.sample_rate // 10)
+    parts = {"all": clips} if split == "all" else D.split(clips, val=d.val_fraction, test=d.test_fraction,
+                                                            seed=s.run.seed)
+    pools = background_pools(s, parts, positive, progress=False)
+    add_synthetic(s, parts, m.labels, positive)
+    maker = SceneMaker(context_settings(s), [c for part in pools.values() for c in part] if split == "all"
+                       else pools[split], m.window)
+    ws = evaluation_windows(parts[split], maker, m.labels, window=m.window, pre_roll=m.pre_roll, seed=s.run.seed,
+                            split=split, room_label=room_label(s, m.labels, positive))
+    chosen = threshold if threshold is not None else m.threshold if m.threshold is not None else 0.5
+    groups = [parts[split][i].column(d.group_by) for i in ws.clip] if d.group_by else None
+    return {"model": str(model_path), "manifest": d.manifest, "split": split, "scenes": d.pad,
+            "windows": int(len(ws.windows)), "recordings_without_onset": ws.unheard,
+            "threshold_source": "flag" if threshold is not None else "model" if m.threshold is not None else "0.5",
+            **evaluate(m.predict(ws.windows), ws.targets, m.labels.index(positive), chosen, groups=groups,
+                       bootstrap=s.run.bootstrap, seed=s.run.seed)}
 
 
-def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool, calibration: str) -> None:
+def reexport(checkpoint: Path, out: Path, s: Settings, *, threshold: float | None) -> list[Path]:
+    """A run's checkpoint as `trainer distill` exports it, into the folder ``out``: ``student.onnx``, and with
+    ``run.quantize`` ``student.int8.onnx`` calibrated on ``data.manifest`` (the run's own, from its settings.json)."""
     model = load_checkpoint(checkpoint)
     report_path = checkpoint.parent / "report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -73,16 +96,21 @@ def reexport(checkpoint: Path, out: Path, *, threshold: float | None, int8: bool
         if "thresholds" not in report:
             raise ValueError(f"no --threshold given and no {report_path} to take the validation threshold from")
         threshold = report["thresholds"]["student"]
+    if s.run.quantize and not s.data.manifest:
+        raise ValueError("int8 needs audio to calibrate on: give the run's --config RUN/settings.json or --data "
+                         "(or --no-run-quantize)")
     metrics = {"roc_auc": report.get("results", {}).get("student", {}).get("pooled", {}).get("roc_auc")}
-    settings = report.get("settings", {})
-    meta = contract_metadata(model.spec, threshold=threshold, train_data=settings.get("data", {}).get("manifest", "?"),
-                             teacher=settings.get("teacher", {}).get("source", "?"), metrics=metrics)
-    export_onnx(model, out, meta, name=checkpoint.parent.name or out.stem)
-    if int8:
-        if not calibration:
-            raise ValueError("--int8 needs --calibration <manifest> (audio to calibrate activations on)")
+    meta = contract_metadata(model.spec, threshold=threshold, train_data=s.data.manifest or "?",
+                             teacher=s.teacher.source, metrics=metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "student.onnx"]
+    export_onnx(model, files[0], meta, name=checkpoint.parent.name or out.name)
+    if s.run.quantize:
         spec = model.spec
-        clips = D.load_audio(D.load_manifest(calibration)[:128], spec.sample_rate, min_samples=spec.sample_rate // 10)
-        ws = manifest_windows(clips, clips, tuple(sorted({c.label for c in clips})), mode=spec.pad, sample_rate=spec.sample_rate, window=spec.window_samples,
-                              pre_roll=spec.pre_roll_samples, seed=0)
-        quantize_int8(out, out.with_suffix(".int8.onnx"), ws.windows[:128], kind=spec.kind)
+        clips = D.load_manifests(s.data.manifest, s.data.label_map)[:128]
+        clips = D.load_audio(clips, spec.sample_rate, min_samples=spec.sample_rate // 10)
+        ws = manifest_windows(clips, clips, tuple(sorted({c.label for c in clips})), mode=spec.pad,
+                              sample_rate=spec.sample_rate, window=spec.window_samples, pre_roll=spec.pre_roll_samples,
+                              seed=s.run.seed)
+        files.append(quantize_int8(files[0], out / "student.int8.onnx", ws.windows[:128], kind=spec.kind))
+    return files
