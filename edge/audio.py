@@ -209,7 +209,6 @@ class MicSource:
         self.sd = backend
         self.s, self.sample_rate = settings, sample_rate
         self.overruns = 0
-        self.reopens = 0
         self._ring: deque[np.ndarray] = deque()
         self._ring_samples = 0
         self._lock = threading.Lock()
@@ -264,7 +263,6 @@ class MicSource:
         if now < self._next_try:
             time.sleep(min(0.2, self._next_try - now))
             return
-        first = self._stream is None and not self.last_error
         self.close()
         try:
             self._open()
@@ -275,8 +273,6 @@ class MicSource:
             self._backoff = min(self._backoff * 2, self.s.reopen_max_s)
             return
         self.last_error = ""
-        if not first:
-            self.reopens += 1
 
     def close(self) -> None:
         if self._stream is not None:

@@ -1,6 +1,7 @@
 """The fault benchmark as a test: broker restarts and a SIGKILL lose no event and deliver none twice."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -15,3 +16,5 @@ def test_broker_restarts_and_sigkill_lose_nothing():
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "missing: 0" in result.stdout and "PASS" in result.stdout
+    stored = re.search(r"event ids stored by the daemon: (\d+)", result.stdout)
+    assert stored and int(stored.group(1)) >= 5, result.stdout  # the demo's coughs, read from the outbox file

@@ -52,37 +52,53 @@ def metrics_table(results: dict) -> list[str]:
 
 def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[str, np.ndarray],
                  decisions: dict[str, np.ndarray]) -> None:
+    """report.json, its three plots (ROC, confusion matrices, training curves) and report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay, roc_auc_score, roc_curve
-
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_roc(out / "roc.png", is_positive, scores, dashed=set(report.get("baselines", {})))
+    plot_confusion(out / "confusion.png", is_positive, decisions, report["positive_label"])
+    plot_training(out / "training.png", report["history"])
+    write_report_md(out, report)
+
+
+def plot_roc(path: Path, is_positive: np.ndarray, scores: dict[str, np.ndarray], *, dashed: set[str]) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+
     fig, ax = plt.subplots(figsize=(5.5, 5.5))
     for name, sc in scores.items():
         fpr, tpr, _ = roc_curve(is_positive, sc)
-        dashed = name in report.get("baselines", {})
-        ax.plot(fpr, tpr, "--" if dashed else "-", lw=1.0 if dashed else 1.6,
+        ax.plot(fpr, tpr, "--" if name in dashed else "-", lw=1.0 if name in dashed else 1.6,
                 label=f"{name} (AUC = {roc_auc_score(is_positive, sc):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate")
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("ROC on held-out test data")
-    fig.savefig(out / "roc.png", dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_confusion(path: Path, is_positive: np.ndarray, decisions: dict[str, np.ndarray], positive: str) -> None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, axes = plt.subplots(1, len(decisions), figsize=(3.6 * len(decisions), 3.4))
-    labels = [f"not {report['positive_label']}", report["positive_label"]]
     for ax, (name, pred) in zip(np.atleast_1d(axes), decisions.items()):
-        ConfusionMatrixDisplay.from_predictions(is_positive, pred, display_labels=labels, ax=ax, colorbar=False)
+        ConfusionMatrixDisplay.from_predictions(is_positive, pred, display_labels=[f"not {positive}", positive], ax=ax,
+                                                colorbar=False)
         ax.set_title(name)
     fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def plot_training(path: Path, history: dict[str, list[dict]]) -> None:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, hist in report["history"].items():
+    for name, hist in history.items():
         if not hist:
             continue
         epochs = [h["epoch"] for h in hist]
@@ -95,10 +111,8 @@ def write_report(out: Path, report: dict, is_positive: np.ndarray, scores: dict[
     for ax in axes:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-
-    write_report_md(out, report)
 
 
 def write_report_md(out: Path, report: dict) -> None:
