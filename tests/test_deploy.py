@@ -183,3 +183,11 @@ def test_model_push_swaps_verifies_and_rolls_back(tmp_path, tiny_model):
     with pytest.raises(DeployError, match="rolled back"):  # the Pi's own check catches what slips through
         push_model(LocalRunner(), bare, models_dir=str(models), restart="true", check=check, validate_locally=False)
     assert current.read_bytes() == tiny_model.read_bytes()
+
+
+def test_model_push_names_a_model_the_contract_refuses_without_a_traceback(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    result = deploy("model", "push", str(bad), "--host", "pi@127.0.0.1")  # refused before any ssh
+    assert result.returncode == 2 and "deploy: error:" in result.stderr and "bad.onnx" in result.stderr
+    assert "Traceback" not in result.stderr
