@@ -159,6 +159,12 @@ class Listener:
         log.warning("skipped a malformed message on %s: %s (%d skipped so far)", topic, why, self.malformed)
 
 
+def listen_topics(prefix: str, device: str, *, every: bool, counts: bool) -> list[str]:
+    """The topics `edge listen` subscribes to: events; with --all status, stats and counts; with --counts counts."""
+    names = ["event", *(["status", "stats"] if every else []), *(["counts"] if every or counts else [])]
+    return [f"{prefix}/{device}/{name}" for name in names]
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     """Subscribe and print each event once (de-duplicated by event_id) as a JSON line."""
     from .mqtt import connect_properties, guarded, make_client
@@ -170,10 +176,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     client_id = f"coughwatch-listen-{args.session}" if args.session else f"coughwatch-listen-{os.getpid()}"
     client = make_client(s.mqtt, client_id)
     listener = Listener(args.count)
-    device = args.device_filter or "+"
-    topics = [f"{s.mqtt.topic_prefix}/{device}/event"] + \
-        ([f"{s.mqtt.topic_prefix}/{device}/status", f"{s.mqtt.topic_prefix}/{device}/stats"] if args.all else []) + \
-        ([f"{s.mqtt.topic_prefix}/{device}/counts"] if args.all or args.counts else [])
+    topics = listen_topics(s.mqtt.topic_prefix, args.device_filter or "+", every=args.all, counts=args.counts)
 
     def on_connect(c, userdata, flags, rc, props):
         if rc.is_failure:
