@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.audio import FileSource  # noqa: E402
-from edge.inference import Classifier  # noqa: E402
+from edge.inference import Model  # noqa: E402
 from edge.mqtt import MqttSettings, MqttSink  # noqa: E402
 from edge.outbox import Outbox  # noqa: E402
 from edge.pipeline import Pipeline  # noqa: E402
@@ -41,8 +41,8 @@ class TimedOutbox(Outbox):
 
 def main() -> int:
     recording = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "tests/data/demo.flac"
-    detector = Classifier(model_path(CHECKOUT, "detector"))
-    classifier = Classifier(model_path(CHECKOUT, "classifier"))
+    detector = Model(model_path(CHECKOUT, "detector"))
+    classifier = Model(model_path(CHECKOUT, "classifier"))
     with tempfile.TemporaryDirectory() as tmp:
         broker = make_broker(Path(tmp))
         broker.start()

@@ -53,9 +53,9 @@ def push_model(runner: Runner, model: Path, *, role: str = "classifier", models_
         if importlib.util.find_spec("onnxruntime") is None:  # the Pi's `edge check` still guards the swap
             print("deploy model push: onnxruntime is not installed here; the model is checked on the Pi only")
         else:
-            from edge.inference import Classifier
+            from edge.inference import Model
 
-            Classifier(model)  # contract and a test inference; raises ContractError naming what is wrong
+            Model(model)  # contract and a test inference; raises ContractError naming what is wrong
     sha = hashlib.sha256(model.read_bytes()).hexdigest()
     dest = f"{models_dir}/{MODELS[role]}/{MODEL_FILE}"
     q = shlex.quote

@@ -46,7 +46,7 @@ def _source(args: argparse.Namespace, s: EdgeSettings, rate: int):
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon, stop_on_signals
     from .discovery import DeviceInfo, software_version
-    from .inference import Classifier, check_rates
+    from .inference import Model, check_rates
     from .mqtt import MqttSink, StdoutSink
     from .onset import OnsetDetector
     from .outbox import Outbox
@@ -55,8 +55,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     s = _settings(args)
     stop = stop_on_signals()
-    detector = Classifier(s.model.detector, s.model.threads)
-    classifier = Classifier(s.model.classifier, s.model.threads)
+    detector = Model(s.model.detector, s.model.threads)
+    classifier = Model(s.model.classifier, s.model.threads)
     check_rates(detector, classifier)
     if detector.info.positive_label != "cough":
         log.warning("detector %s has positive label %r, not 'cough'", detector.info.name, detector.info.positive_label)

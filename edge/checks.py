@@ -8,11 +8,11 @@ from .settings import EdgeSettings
 
 
 def _check_models(s: EdgeSettings) -> list[str]:
-    from .inference import Classifier, check_rates
+    from .inference import Model, check_rates
 
     out, models = [], []
     for role, path in (("detector", s.model.detector), ("classifier", s.model.classifier)):
-        m = Classifier(path, s.model.threads)  # includes a test inference on silence and noise
+        m = Model(path, s.model.threads)  # includes a test inference on silence and noise
         models.append(m)
         out.append(f"{role}: {m.info.name} labels={list(m.info.labels)} threshold={m.info.threshold:.3f} "
                    f"{m.info.sample_rate} Hz, {m.info.window_samples} samples, sha256={m.sha256[:12]}, "
@@ -25,9 +25,9 @@ def _check_mic(s: EdgeSettings) -> list[str]:
     import numpy as np
 
     from .audio import SILENT_PEAK, MicSource
-    from .inference import Classifier
+    from .inference import Model
 
-    mic = MicSource(s.mic, Classifier(s.model.detector, s.model.threads).info.sample_rate)  # the models' rate
+    mic = MicSource(s.mic, Model(s.model.detector, s.model.threads).info.sample_rate)  # the models' rate
     if mic.last_error:
         raise RuntimeError(f"the microphone cannot be opened: {mic.last_error}")
     try:

@@ -12,7 +12,7 @@ PROB_TOLERANCE = 1e-3
 """How far outside [0, 1] a probability may stray (int8 rounding) before the load-time probe refuses the model."""
 
 
-def check_rates(detector: "Classifier", classifier: "Classifier") -> None:
+def check_rates(detector: "Model", classifier: "Model") -> None:
     """The daemon feeds both models one stream: their sample rates must agree (ContractError otherwise)."""
     if detector.info.sample_rate != classifier.info.sample_rate:
         raise ContractError(
@@ -46,7 +46,7 @@ def read_info(session, path: str | Path) -> ModelInfo:
     return info
 
 
-class Classifier:
+class Model:
     """A model file checked against the contract at load; ``__call__`` maps windows to probabilities."""
 
     def __init__(self, path: str | Path, threads: int = 1) -> None:

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .events import CoughEvent, ModelRef
-from .inference import Classifier
+from .inference import Model as Classifier  # edge.inference.Model (#14): the lead renames the uses
 from .onset import OnsetDetector, Sound
 from .windows import cut_window
 

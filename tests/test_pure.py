@@ -397,7 +397,7 @@ def test_band_stats_skip_path_reaches_the_head_and_survives_a_checkpoint(tmp_pat
 
 
 class _RecordingModel:
-    """Stands in for edge.inference.Classifier: records the windows it is given, answers fixed probabilities."""
+    """Stands in for edge.inference.Model: records the windows it is given, answers fixed probabilities."""
 
     def __init__(self, name: str, window: int, pre_roll: int, probs: list[float]) -> None:
         from edge.contract import ModelInfo

@@ -83,11 +83,11 @@ def edge(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 ])
 def test_metadata_out_of_bounds_is_refused_at_load_naming_the_bound(tmp_path, tiny_model, changes, message):
     from edge.contract import ContractError
-    from edge.inference import Classifier
+    from edge.inference import Model
 
     bad = with_metadata(tiny_model, tmp_path / "bad.onnx", **changes)
     with pytest.raises(ContractError) as err:
-        Classifier(bad)
+        Model(bad)
     assert str(bad) in str(err.value) and "tiny" in str(err.value) and message in str(err.value)
 
 
@@ -99,11 +99,11 @@ def test_metadata_out_of_bounds_is_refused_at_load_naming_the_bound(tmp_path, ti
 ])
 def test_a_model_that_cannot_run_is_refused_at_load_with_the_reason(tmp_path, kind, message):
     from edge.contract import ContractError
-    from edge.inference import Classifier
+    from edge.inference import Model
 
     bad = graph_model(tmp_path / f"{kind}.onnx", kind)
     with pytest.raises(ContractError) as err:
-        Classifier(bad)
+        Model(bad)
     text = str(err.value)
     assert f"model 'bad-{kind}' failed a test inference on silence and noise" in text and message in text, text
     if kind == "fails":
@@ -111,10 +111,10 @@ def test_a_model_that_cannot_run_is_refused_at_load_with_the_reason(tmp_path, ki
 
 
 def test_shipped_and_fixture_models_pass_the_load_time_inference(tiny_model):
-    from edge.inference import Classifier
+    from edge.inference import Model
 
     for path in (DETECTOR, CLASSIFIER, tiny_model):
-        Classifier(path)
+        Model(path)
 
 
 def test_edge_check_and_run_refuse_bad_models_with_one_clear_line(tmp_path, tiny_model):

@@ -21,7 +21,7 @@ def _clips(folder: Path, n: int | None = None):
 
 
 class _Recorder:
-    """Wraps a real edge Classifier and keeps every window the Pipeline hands it."""
+    """Wraps a real edge Model and keeps every window the Pipeline hands it."""
 
     def __init__(self, classifier) -> None:
         self.inner, self.info, self.sha256 = classifier, classifier.info, classifier.sha256
@@ -35,13 +35,13 @@ class _Recorder:
 @pytest.mark.parametrize("mode", ["context", "zero", "wrap"])
 def test_trainer_evaluation_windows_are_the_windows_the_pipeline_cuts(tiny_model, mode):
     """Sample for sample: the trainer's windows for a recording in its scene equal those the daemon cuts."""
-    from edge.inference import Classifier
+    from edge.inference import Model
     from edge.pipeline import Pipeline
     from trainer.context import ContextSettings, SceneMaker, seeded_rng
     from trainer.train import evaluation_windows
 
     coughs, room = _clips(DATA / "covid-sample", 4), _clips(DATA / "room-sample")
-    detector, classifier = _Recorder(Classifier(tiny_model)), _Recorder(Classifier(tiny_model))
+    detector, classifier = _Recorder(Model(tiny_model)), _Recorder(Model(tiny_model))
     info = detector.info
     maker = SceneMaker(ContextSettings(mode=mode), room, info.window_samples)
     ws = evaluation_windows(coughs, maker, ("positive", "negative"), window=info.window_samples,
@@ -215,7 +215,7 @@ def test_background_events_are_split_by_whether_the_room_passed_the_telephone_ba
 
 
 def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_path):
-    from edge.inference import Classifier
+    from edge.inference import Model
     from trainer.export import contract_metadata, export_onnx
     from trainer.models import build_cnn_student, build_teacher
     from trainer.settings import DataSettings, Settings, StudentSettings
@@ -229,7 +229,7 @@ def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_p
     path = tmp_path / "m8k.onnx"
     export_onnx(student, path, contract_metadata(student.spec, threshold=0.5, train_data="-", teacher="-", metrics={}),
                 name="m8k")
-    info = Classifier(path).info
+    info = Model(path).info
     assert (info.sample_rate, info.window_samples, info.pre_roll_samples) == (8000, 8000, 2000)
     with pytest.raises(ValueError, match="must be in \\[8000, 48000\\] Hz"):
         Settings(data=DataSettings(manifest="x", sample_rate=4000)).validate()

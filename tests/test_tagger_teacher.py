@@ -111,9 +111,9 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
     assert torch.load(out / "aux_cache.pt", weights_only=True)["scores"].shape[1] == 2
     student = load_checkpoint(out / "student")
     assert student.spec.aux_classes == ("Speech", "Sneeze")
-    from edge.inference import Classifier
+    from edge.inference import Model
 
-    assert "soft targets of onnx:" in Classifier(out / "student.int8.onnx").info.teacher
+    assert "soft targets of onnx:" in Model(out / "student.int8.onnx").info.teacher
     teacher = load_checkpoint(out / "teacher")
     assert teacher.spec.kind == "onnx-tagger" and teacher.spec.classes == "Cough"
     assert count_parameters(teacher) == report["parameters"]["teacher"]

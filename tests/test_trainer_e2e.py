@@ -37,10 +37,10 @@ def test_distill_writes_a_complete_run(run):
         assert 0.0 <= pooled["roc_auc"] <= 1.0 and len(pooled["roc_auc_ci95"]) == 2
         assert set(report["results"][model]["by_group"]) == {"call-center", "telegram"}
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
-    from edge.inference import Classifier
+    from edge.inference import Model
 
     for name in ("student.onnx", "student.int8.onnx"):  # each file is scored at the threshold it carries
-        assert report["results"][name]["pooled"]["threshold"] == Classifier(run / name).info.threshold
+        assert report["results"][name]["pooled"]["threshold"] == Model(run / name).info.threshold
     assert report["windows"]["test"]["windows"] == report["results"]["student"]["pooled"]["n"]
     assert {"loss", "kl", "ce", "val_auc"} <= set(report["history"]["student"][0])
     assert {"classical (recording)", "classical (window)", "source only", "duration only"} == set(report["baselines"])
@@ -63,7 +63,7 @@ def test_distill_writes_a_complete_run(run):
 def test_exported_model_passes_the_edge_contract_and_matches_pytorch(run):
     import torch
 
-    from edge.inference import Classifier
+    from edge.inference import Model
     from trainer.export import run_onnx, seeded_input
     from trainer.models import load_checkpoint
 
@@ -72,7 +72,7 @@ def test_exported_model_passes_the_edge_contract_and_matches_pytorch(run):
     with torch.no_grad():
         expected = torch.softmax(model(torch.from_numpy(x)), -1).numpy()
     assert np.abs(run_onnx(run / "student.onnx", x) - expected).max() < 1e-4
-    info = Classifier(run / "student.int8.onnx").info
+    info = Model(run / "student.int8.onnx").info
     assert info.labels == ("positive", "negative") and info.window_samples == 16000 and 0 <= info.threshold <= 1
 
 
@@ -96,15 +96,15 @@ def test_evaluate_and_reexport(run, tmp_path, capsys):
     assert 0 < test["windows"] < metrics["windows"] and set(test["by_group"]) <= {"call-center", "telegram"}
     assert test["windows"] == report["windows"]["test"]["windows"]
     assert main(["export", str(run / "student"), "--out", str(tmp_path / "again")]) == 0
-    from edge.inference import Classifier
+    from edge.inference import Model
 
-    assert Classifier(tmp_path / "again/student.onnx").info.positive_label == "positive"
-    assert Classifier(tmp_path / "again/student.int8.onnx").info.labels == ("positive", "negative")
+    assert Model(tmp_path / "again/student.onnx").info.positive_label == "positive"
+    assert Model(tmp_path / "again/student.int8.onnx").info.labels == ("positive", "negative")
 
 
 @pytest.mark.slow
 def test_w2v_small_student_distills_and_exports(tmp_path):
-    from edge.inference import Classifier
+    from edge.inference import Model
     from trainer.__main__ import main
 
     out = tmp_path / "w2v"
@@ -115,7 +115,7 @@ def test_w2v_small_student_distills_and_exports(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["onnx_parity"]["max_abs_diff"] <= 1e-4
     assert report["settings"]["student"]["kind"] == "w2v-small"
-    assert Classifier(out / "student.int8.onnx").info.labels == ("positive", "negative")
+    assert Model(out / "student.int8.onnx").info.labels == ("positive", "negative")
 
 
 @pytest.mark.slow

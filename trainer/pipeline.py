@@ -198,7 +198,7 @@ def aux_soft_targets(s: Settings, rd: RunData, out: Path, accelerator) -> tuple[
 
 def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict, threshold: float) -> tuple:
     """Export, quantise; each file gets the threshold chosen on its own validation scores and is scored at it."""
-    from edge.inference import Classifier
+    from edge.inference import Model
 
     sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
     train_data = f"{sets} ({len(rd.parts['train'])} train clips, seed {s.run.seed}, {s.data.pad} scenes)"
@@ -214,7 +214,7 @@ def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict
     val_pos, results, probs = rd.sets["val"].targets == rd.pos, {}, {}
     for name, path in files.items():
         set_threshold(path, choose_threshold(val_pos, run_onnx(path, rd.sets["val"].windows)[:, rd.pos]))
-        carried = Classifier(path).info.threshold
+        carried = Model(path).info.threshold
         probs[name] = run_onnx(path, rd.sets["test"].windows)
         results[name] = evaluate(probs[name], rd.sets["test"].targets, rd.pos, carried,
                                  groups=rd.groups("test", s.data.group_by), bootstrap=s.run.bootstrap, seed=s.run.seed)

@@ -421,7 +421,7 @@ def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset:
 def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
                detector_threshold: float | None = None, onset: OnsetSettings | None = None) -> dict:
     """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
-    from edge.inference import Classifier
+    from edge.inference import Model as Classifier
 
     s.validate()
     det, cls = Classifier(detector), Classifier(classifier)
@@ -470,7 +470,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
     whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file. The daemon's
     pipeline runs once per threshold: which sounds merge into a cough depends on which were accepted."""
-    from edge.inference import Classifier
+    from edge.inference import Model as Classifier
 
     from .export import set_threshold
 
@@ -524,7 +524,7 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     """Two cough detectors on the same stream (use ``--stream-split val`` to choose between them): ROC-AUC of
     placed coughs against background sounds and sensitivity at ``s.max_false_per_hour``, a minus b, with paired
     bootstrap intervals (:func:`trainer.evaluate.paired_stream_difference`)."""
-    from edge.inference import Classifier
+    from edge.inference import Model as Classifier
 
     from .evaluate import paired_stream_difference
 

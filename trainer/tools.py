@@ -41,9 +41,9 @@ class Scorer:
 
 def load_scorer(model_path: Path) -> Scorer:
     if model_path.suffix == ".onnx":
-        from edge.inference import Classifier
+        from edge.inference import Model
 
-        info = Classifier(model_path).info
+        info = Model(model_path).info
         return Scorer(info.labels, info.positive_label, info.sample_rate, info.window_samples, info.pre_roll_samples,
                       info.threshold, lambda w: run_onnx(model_path, w))
     model = load_checkpoint(model_path)
