@@ -56,10 +56,11 @@ def cmd_model_push(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deploy", description="Provision Raspberry Pis for coughwatch.")
+    parser = argparse.ArgumentParser(prog="deploy", description="Provision Raspberry Pis for coughwatch.", allow_abbrev=False)
     logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("sdcard", help="prepare a flashed SD card (or .img) to install coughwatch on first boot")
+    p = sub.add_parser("sdcard", help="prepare a flashed SD card (or .img) to install coughwatch on first boot",
+                       allow_abbrev=False)  # --mqtt-password must not pass for --mqtt-password-file
     p.add_argument("--boot", type=Path, help="mounted boot partition (e.g. /media/$USER/bootfs)")
     p.add_argument("--image", type=Path, help="a Raspberry Pi OS .img file, edited in place with mtools")
     p.add_argument("--device-id", required=True, help="device id (letters, digits, - and _)")

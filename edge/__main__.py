@@ -229,12 +229,13 @@ def _sample_rate(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge", description="coughwatch edge daemon (research screening, not diagnosis)")
+    parser = argparse.ArgumentParser(prog="edge", description="coughwatch edge daemon (research screening, not diagnosis)",
+                                     allow_abbrev=False)  # --mqtt-password must not pass for --mqtt-password-file
     logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "listen and publish one event per cough"), ("listen", "print events from the broker"),
                         ("check", "verify microphone, models and broker"), ("devices", "list input devices")):
-        p = sub.add_parser(name, help=help_)
+        p = sub.add_parser(name, help=help_, allow_abbrev=False)
         if name == "devices":
             continue
         p.add_argument("--config", type=Path, default=None, help=f"TOML config (default {DEFAULT_CONFIG} if present)")

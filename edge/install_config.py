@@ -72,7 +72,8 @@ def _prompt(question: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.install_config", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m edge.install_config", description=__doc__.splitlines()[0],
+                                     allow_abbrev=False)
     parser.add_argument("--out", type=Path, required=True, help="edge.toml to write")
     parser.add_argument("--secrets-out", type=Path, default=None, help="secrets.env to write when a password is given")
     parser.add_argument("--prompt", action="store_true", help="ask for a missing password (in a terminal)")

@@ -84,6 +84,18 @@ def test_every_program_takes_the_same_broker_flags_and_no_password_flag(argv):
     assert "--mqtt-password " not in text and "--broker" not in text
 
 
+@pytest.mark.parametrize("argv", [
+    [sys.executable, "-m", "edge", "run", "--fast"],
+    [sys.executable, "-m", "edge", "listen"],
+    [sys.executable, "-m", "deploy", "sdcard", "--device-id", "k"],
+    [sys.executable, "-m", "edge.install_config", "--out", "never-written.toml"],
+])
+def test_a_password_flag_is_refused_not_taken_for_the_password_file(argv):
+    result = subprocess.run([*argv, "--mqtt-password", "hunter2"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2 and "unrecognized arguments: --mqtt-password hunter2" in result.stderr
+
+
 def test_install_sh_takes_no_password_flag(tmp_path):
     result = install(tmp_path, "--mqtt-password", "s3cret", check=False)
     assert result.returncode == 2 and "unknown argument: --mqtt-password" in result.stderr
