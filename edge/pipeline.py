@@ -158,7 +158,7 @@ class Pipeline:
         for sound in self._pending:
             if final or sound.onset + self._after <= end:
                 if not self._continues_cough(sound):
-                    self._hold(self._classify(sound))
+                    self._hold(self._accept(sound, self._score(sound)))
             else:
                 keep.append(sound)
         self._pending = keep
@@ -190,13 +190,22 @@ class Pipeline:
         return out
 
     def _continues_cough(self, sound: Sound) -> bool:
-        """True (and the chain extended) when ``sound`` is a later phase of the latest accepted cough: it starts
-        less than ``merge_gap_ms`` after the chain's end and less than ``merge_max_ms`` after the cough's onset."""
+        """True when ``sound`` starts less than ``merge_gap_ms`` after the end of the latest accepted cough's chain
+        and less than ``merge_max_ms`` after its onset: it is that cough's next phase (merged, the chain extended),
+        unless it scores more than ``supersede_margin`` higher than the cough's held event, whose window then held
+        this sound off its place: this sound's event takes that one's place (superseded)."""
         if self._cough is None or not self._merge_gap:
             return False
         onset, chain_end = self._cough
         if sound.onset - chain_end >= self._merge_gap or sound.onset - onset >= self._merge_max:
             return False
+        held = next((h for h in self._held if h.onset_sample == onset), None) if self._supersede else None
+        if held is not None:
+            score = self._score(sound)
+            if score >= self.detector_threshold and score > held.cough_score + self.onset.s.supersede_margin:
+                self._held = [h for h in self._held if h is not held] + [self._accept(sound, score)]
+                self.counters.superseded += 1
+                return True
         self._cough = (onset, max(chain_end, sound.offset))
         self.counters.merged += 1
         return True
@@ -205,9 +214,12 @@ class Pipeline:
         return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
                           model.info.pre_roll_samples)
 
-    def _classify(self, sound: Sound) -> CoughEvent | None:
-        det = self.detector(self._window(sound, self.detector)[None])[0]
-        cough_score = float(det[self.detector.info.positive_index])
+    def _score(self, sound: Sound) -> float:
+        """The cough detector's score of the window at ``sound``'s onset."""
+        return float(self.detector(self._window(sound, self.detector)[None])[0][self.detector.info.positive_index])
+
+    def _accept(self, sound: Sound, cough_score: float) -> CoughEvent | None:
+        """``sound``'s event, classified, when its cough score reaches the threshold (else counted as rejected)."""
         if cough_score < self.detector_threshold:
             self.counters.rejected += 1
             return None

@@ -496,7 +496,7 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
     for got, want in zip(onsets, (first, phase, second)):
         assert abs(got - want) <= 320
     onsets, merged, scored = counts[100.0]
-    assert merged == 1 and scored == 2, "the second phase joins the first cough and is not even scored"
+    assert merged == 1 and scored == 3, "the second phase joins the first cough (scored: it scores no higher)"
     assert [abs(o - w) <= 320 for o, w in zip(onsets, (first, second))] == [True, True]
 
 
@@ -529,6 +529,8 @@ def _sounds_at(spec: list[tuple[float, float]]) -> np.ndarray:
     ([(2.0, 0.4), (2.5, 0.38)], 600.0, [2.0, 2.5], 0),         # the coughs of a bout score alike: both stay
     ([(2.0, 0.05), (2.7, 0.4)], 600.0, [2.0, 2.7], 0),         # a better sound 0.7 s later is another event
     ([(4.3, 0.05), (4.7, 0.4)], 600.0, [4.7], 1),              # at the end of the stream flush() decides
+    ([(2.0, 0.05), (2.16, 0.4)], 600.0, [2.2], 1),             # a cough right after a room sound is not its phase
+    ([(2.0, 0.05), (2.16, 0.4)], 0.0, [2.0], 0),               # ... without the rule it merges into it
 ])
 def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_supersede_ms(
         chunk, spec, supersede_ms, want, superseded):
@@ -546,8 +548,9 @@ def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_su
     returned += pipe.flush()
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
     assert [e.event_id for e in returned] == [e.event_id for e in published], "feed/flush return what they emit"
-    assert pipe.counters.superseded == superseded and pipe.counters.events == len(want)
-    assert pipe.counters.sounds == len(spec) and pipe.counters.rejected == 0
+    c = pipe.counters
+    assert c.superseded == superseded and c.events == len(want)
+    assert c.sounds == len(spec) == c.events + c.superseded + c.merged and c.rejected == 0
 
 
 def test_supersede_settings_are_bounded():
