@@ -144,7 +144,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from .tools import reexport
+    from .export import reexport
 
     run_settings = args.checkpoint.parent / "settings.json"
     file = args.config or (run_settings if run_settings.is_file() else None)

@@ -5,6 +5,7 @@ import json
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,6 +13,9 @@ from torch import nn
 
 from edge.contract import CONTRACT_VERSION, INPUT_NAME, OUTPUT_NAME
 from edge.inference import make_session, read_info
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 OPSET = 17
@@ -150,3 +154,38 @@ def quantize_int8(float_path: str | Path, out_path: str | Path, calibration: np.
     onnx.save(q, str(out_path))
     validate(out_path)
     return out_path
+
+
+def reexport(checkpoint: Path, out: Path, s: Settings, *, threshold: float | None) -> list[Path]:
+    """A run's checkpoint as `trainer distill` exports it, into the folder ``out``: ``student.onnx``, and with
+    ``run.quantize`` ``student.int8.onnx`` calibrated on ``data.manifest`` (the run's own, from its settings.json)."""
+    from . import data as D
+    from .context import ContextSettings, SceneMaker
+    from .models import load_checkpoint
+    from .train import evaluation_windows
+
+    model = load_checkpoint(checkpoint)
+    report_path = checkpoint.parent / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    if threshold is None:
+        if "thresholds" not in report:
+            raise ValueError(f"no --threshold given and no {report_path} to take the validation threshold from")
+        threshold = report["thresholds"]["student"]
+    if s.run.quantize and not s.data.manifest:
+        raise ValueError("int8 needs audio to calibrate on: give the run's --config RUN/settings.json or --data "
+                         "(or --no-run-quantize)")
+    metrics = {"roc_auc": report.get("results", {}).get("student", {}).get("pooled", {}).get("roc_auc")}
+    meta = contract_metadata(model.spec, threshold=threshold, train_data=s.data.manifest or "?",
+                             teacher=s.teacher.source, metrics=metrics)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "student.onnx"]
+    export_onnx(model, files[0], meta, name=checkpoint.parent.name or out.name)
+    if s.run.quantize:
+        spec = model.spec
+        clips = D.load_manifests(s.data.manifest, s.data.label_map)[:128]
+        clips = D.load_audio(clips, spec.sample_rate, min_samples=spec.sample_rate // 10)
+        maker = SceneMaker(ContextSettings(mode=spec.pad, sample_rate=spec.sample_rate), clips, spec.window_samples)
+        ws = evaluation_windows(clips, maker, tuple(sorted({c.label for c in clips})), window=spec.window_samples,
+                                pre_roll=spec.pre_roll_samples, seed=s.run.seed, split="evaluate")
+        files.append(quantize_int8(files[0], out / "student.int8.onnx", ws.windows[:128], kind=spec.kind))
+    return files

@@ -1,8 +1,7 @@
-"""`trainer evaluate` and `trainer export`: score any checkpoint or ONNX file, re-export a checkpoint."""
+"""`trainer evaluate`: score a checkpoint or ONNX file on the windows `trainer distill` cuts from its data settings."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +10,11 @@ import numpy as np
 
 from . import data as D
 from .evaluate import evaluate
-from .export import contract_metadata, export_onnx, quantize_int8, run_onnx
+from .export import run_onnx
 from .models import load_checkpoint
-from .context import ContextSettings, SceneMaker
+from .context import SceneMaker
 from .settings import Settings
-from .train import WindowSet, evaluation_windows, predict_logits, softmax
-
-
-def manifest_windows(clips: list[D.Clip], pool: list[D.Clip], labels: tuple[str, ...], *, mode: str, sample_rate: int,
-                     window: int, pre_roll: int, seed: int) -> WindowSet:
-    """Every onset window of each recording heard in its own seeded scene (rooms drawn from ``pool``)."""
-    maker = SceneMaker(ContextSettings(mode=mode, sample_rate=sample_rate), pool, window)
-    return evaluation_windows(clips, maker, labels, window=window, pre_roll=pre_roll, seed=seed, split="evaluate")
+from .train import evaluation_windows, predict_logits, softmax
 
 
 @dataclass(frozen=True)
@@ -84,33 +76,3 @@ def evaluate_file(model_path: Path, s: Settings, *, split: str = "all", threshol
             "threshold_source": "flag" if threshold is not None else "model" if m.threshold is not None else "0.5",
             **evaluate(m.predict(ws.windows), ws.targets, m.labels.index(positive), chosen, groups=groups,
                        bootstrap=s.run.bootstrap, seed=s.run.seed)}
-
-
-def reexport(checkpoint: Path, out: Path, s: Settings, *, threshold: float | None) -> list[Path]:
-    """A run's checkpoint as `trainer distill` exports it, into the folder ``out``: ``student.onnx``, and with
-    ``run.quantize`` ``student.int8.onnx`` calibrated on ``data.manifest`` (the run's own, from its settings.json)."""
-    model = load_checkpoint(checkpoint)
-    report_path = checkpoint.parent / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    if threshold is None:
-        if "thresholds" not in report:
-            raise ValueError(f"no --threshold given and no {report_path} to take the validation threshold from")
-        threshold = report["thresholds"]["student"]
-    if s.run.quantize and not s.data.manifest:
-        raise ValueError("int8 needs audio to calibrate on: give the run's --config RUN/settings.json or --data "
-                         "(or --no-run-quantize)")
-    metrics = {"roc_auc": report.get("results", {}).get("student", {}).get("pooled", {}).get("roc_auc")}
-    meta = contract_metadata(model.spec, threshold=threshold, train_data=s.data.manifest or "?",
-                             teacher=s.teacher.source, metrics=metrics)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "student.onnx"]
-    export_onnx(model, files[0], meta, name=checkpoint.parent.name or out.name)
-    if s.run.quantize:
-        spec = model.spec
-        clips = D.load_manifests(s.data.manifest, s.data.label_map)[:128]
-        clips = D.load_audio(clips, spec.sample_rate, min_samples=spec.sample_rate // 10)
-        ws = manifest_windows(clips, clips, tuple(sorted({c.label for c in clips})), mode=spec.pad,
-                              sample_rate=spec.sample_rate, window=spec.window_samples, pre_roll=spec.pre_roll_samples,
-                              seed=s.run.seed)
-        files.append(quantize_int8(files[0], out / "student.int8.onnx", ws.windows[:128], kind=spec.kind))
-    return files
