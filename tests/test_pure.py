@@ -242,7 +242,7 @@ def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
 
 
 def test_paired_auc_difference_separates_a_better_model_from_a_copy():
-    from trainer.evaluate import paired_auc_difference
+    from trainer.metrics import paired_auc_difference
 
     rng = np.random.default_rng(0)
     y = rng.random(200) < 0.5

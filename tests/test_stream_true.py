@@ -329,7 +329,7 @@ def test_onset_settings_refuse_non_finite_values(field):
 
 
 def test_sensitivity_at_a_false_alarm_rate_and_the_paired_stream_difference():
-    from trainer.evaluate import paired_stream_difference, sensitivity_at_false_rate
+    from trainer.metrics import paired_stream_difference, sensitivity_at_false_rate
 
     background = np.array([0.9, 0.8, 0.7, 0.1, 0.1, 0.1])
     best = np.array([0.95, 0.85, 0.75, 0.2])

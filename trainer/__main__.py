@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from .tools import evaluate_file
+    from .evaluate import evaluate_file
 
     s = config.build(Settings, file=args.config, args=args).validate()
     text = json.dumps(evaluate_file(args.model, s, split=args.split, threshold=args.threshold), indent=2)
@@ -155,7 +155,7 @@ def run_export(args: argparse.Namespace) -> None:
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> None:
     if args.command == "distill":
-        from .pipeline import run_distill
+        from .distill import run_distill
 
         run_distill(from_args(args), argv[1:])
     elif args.command == "evaluate":

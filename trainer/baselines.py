@@ -17,7 +17,7 @@ import logging
 import numpy as np
 
 from .data import Clip
-from .evaluate import choose_threshold, evaluate
+from .metrics import choose_threshold, evaluate
 
 log = logging.getLogger(__name__)
 CLASSICAL_RATE = 8000
@@ -55,7 +55,7 @@ def fit_logistic(x: dict[str, np.ndarray], y: dict[str, np.ndarray]) -> tuple[di
 
 def run_baselines(parts: dict[str, list[Clip]], sets: dict, positive_label: str, *, labels: tuple[str, ...],
                   sample_rate: int, group_by: str = "", bootstrap: int = 1000, seed: int = 0) -> dict[str, dict]:
-    """Each baseline's test metrics (as :func:`trainer.evaluate.evaluate` returns them) plus its test scores.
+    """Each baseline's test metrics (as :func:`trainer.metrics.evaluate` returns them) plus its test scores.
 
     ``sets`` holds the models' evaluation windows for every split (``train``, ``val``, ``test``:
     :class:`trainer.train.WindowSet`); a baseline that scores whole recordings gives each window its

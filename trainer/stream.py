@@ -526,7 +526,7 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     bootstrap intervals (:func:`trainer.evaluate.paired_stream_difference`)."""
     from edge.inference import Model as Classifier
 
-    from .evaluate import paired_stream_difference
+    from .metrics import paired_stream_difference
 
     s.validate()
     det_a, det_b, cls = Classifier(a), Classifier(b), Classifier(classifier)

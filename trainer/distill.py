@@ -20,7 +20,7 @@ import torch
 from . import data as D
 from .baselines import run_baselines
 from .context import ContextSettings, SceneMaker
-from .evaluate import choose_threshold, distillation_loss, evaluate, paired_auc_difference
+from .metrics import choose_threshold, distillation_loss, evaluate, paired_auc_difference
 from .export import contract_metadata, export_onnx, quantize_int8, run_onnx, set_threshold
 from .models import build_cnn_student, build_teacher, build_w2v_small, count_parameters, save_checkpoint
 from .report import write_model_card, write_report
