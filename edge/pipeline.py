@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .events import CoughEvent, ModelRef
-from .inference import Model as Classifier  # edge.inference.Model (#14): the lead renames the uses
+from .inference import Model
 from .onset import OnsetDetector, Sound
 from .windows import cut_window
 
@@ -55,7 +55,7 @@ class Counters:
 
 
 class Pipeline:
-    def __init__(self, detector: Classifier, classifier: Classifier, device_id: str, emit: Callable[[CoughEvent], None],
+    def __init__(self, detector: Model, classifier: Model, device_id: str, emit: Callable[[CoughEvent], None],
                  *, onset: OnsetDetector | None = None, detector_threshold: float | None = None,
                  start_utc: datetime | None = None, synced: bool | None = None) -> None:
         rates = {detector.info.sample_rate, classifier.info.sample_rate}
@@ -210,7 +210,7 @@ class Pipeline:
         self.counters.merged += 1
         return True
 
-    def _window(self, sound: Sound, model: Classifier) -> np.ndarray:
+    def _window(self, sound: Sound, model: Model) -> np.ndarray:
         return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
                           model.info.pre_roll_samples)
 

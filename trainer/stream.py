@@ -357,7 +357,7 @@ def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> 
 def run_daemon_pipeline(det, cls, stream: np.ndarray, detector_threshold: float | None = None,
                         onset: OnsetSettings | None = None, chunk: int = 1600) -> tuple[list[StreamEvent], float]:
     """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does, with the loaded detector and classifier
-    (``edge.inference.Classifier``) and onset settings; its events and the seconds it took."""
+    (``edge.inference.Model``) and onset settings; its events and the seconds it took."""
     from edge.onset import OnsetDetector
     from edge.pipeline import Pipeline
 
@@ -421,10 +421,10 @@ def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset:
 def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
                detector_threshold: float | None = None, onset: OnsetSettings | None = None) -> dict:
     """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
-    from edge.inference import Model as Classifier
+    from edge.inference import Model
 
     s.validate()
-    det, cls = Classifier(detector), Classifier(classifier)
+    det, cls = Model(detector), Model(classifier)
     coughs, sounds = _held_out_audio(s, det.info.sample_rate)
     rate = det.info.sample_rate
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
@@ -470,20 +470,20 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
     whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file. The daemon's
     pipeline runs once per threshold: which sounds merge into a cough depends on which were accepted."""
-    from edge.inference import Model as Classifier
+    from edge.inference import Model
 
     from .export import set_threshold
 
     s.validate()
     if s.split != "val":
         raise ValueError("--choose-detector-threshold selects on the validation split only: add --stream-split val")
-    det = Classifier(detector)
+    det = Model(detector)
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     from tqdm import tqdm
 
-    det, cls, table = Remembered(det), Remembered(Classifier(classifier)), []
+    det, cls, table = Remembered(det), Remembered(Model(classifier)), []
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
         events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset)
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
@@ -523,13 +523,13 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
                       bootstrap: int = 1000) -> dict:
     """Two cough detectors on the same stream (use ``--stream-split val`` to choose between them): ROC-AUC of
     placed coughs against background sounds and sensitivity at ``s.max_false_per_hour``, a minus b, with paired
-    bootstrap intervals (:func:`trainer.evaluate.paired_stream_difference`)."""
-    from edge.inference import Model as Classifier
+    bootstrap intervals (:func:`trainer.metrics.paired_stream_difference`)."""
+    from edge.inference import Model
 
     from .metrics import paired_stream_difference
 
     s.validate()
-    det_a, det_b, cls = Classifier(a), Classifier(b), Classifier(classifier)
+    det_a, det_b, cls = Model(a), Model(b), Model(classifier)
     if det_a.info.sample_rate != det_b.info.sample_rate:
         raise ValueError(f"{a} and {b} hear different sample rates; compare detectors of one rate")
     rate = det_a.info.sample_rate
