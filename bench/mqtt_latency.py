@@ -53,16 +53,17 @@ def main() -> int:
                 raise RuntimeError("could not connect to mosquitto")
             submitted: dict[str, tuple[float, float]] = {}
 
-            def emit(event) -> None:
-                submitted[event.event_id] = (time.perf_counter(), event.latency_ms)
-                sink.submit(event)
+            def send(events) -> None:
+                for event in events:
+                    submitted[event.event_id] = (time.perf_counter(), event.latency_ms)
+                    sink.submit(event)
 
-            pipeline = Pipeline(detector, classifier, "bench", emit)
+            pipeline = Pipeline(detector, classifier, "bench")
             source = FileSource(recording, pipeline.sample_rate, block_s=0.1)
             while (chunk := source.read()) is not None:
-                pipeline.feed(chunk)
+                send(pipeline.feed(chunk))
                 time.sleep(0.01)
-            pipeline.flush()
+            send(pipeline.flush())
             deadline = time.monotonic() + 10
             while len(outbox.acked) < len(submitted) and time.monotonic() < deadline:
                 time.sleep(0.01)

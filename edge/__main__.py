@@ -66,12 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events), info=info,
                     keep_days=s.device.counts_days) if s.mqtt.host else StdoutSink()
 
-    def emit(event) -> None:
-        sink.submit(event)  # durable first: an id that was logged is in the outbox
-        log.info("event id=%s onset_utc=%s label=%s cough_score=%.3f", event.event_id, event.onset_utc, event.label,
-                 event.cough_score)
-
-    pipeline = Pipeline(detector, classifier, s.device.id, emit, onset=OnsetDetector(rate, s.onset),
+    pipeline = Pipeline(detector, classifier, s.device.id, onset=OnsetDetector(rate, s.onset),
                         detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold)
     daemon = Daemon(source, pipeline, sink, Notifier(), stats_interval_s=s.mqtt.stats_interval_s,
                     silence_s=s.device.silence_s, shutdown_flush_s=s.device.shutdown_flush_s, stop=stop)

@@ -38,27 +38,25 @@ class Daemon:
         self._last_sound = time.monotonic()
 
     def stats(self) -> dict:
-        c = self.pipeline.counters
-        audio_s = c.samples / self.pipeline.sample_rate
+        """The heartbeat: the pipeline's own health, the daemon's (uptime, CPU, stalls, silence) and the sink's."""
         cpu = os.times()
         now = time.monotonic()
+        pipeline = self.pipeline.health()
         stalled = now - self._last_audio > STALL_S
         silent = now - self._last_sound > self.silence_s
-        lat = sorted(c.latencies_ms)
         return {
-            "uptime_s": round(time.monotonic() - self._started, 1), "audio_s": round(audio_s, 1),
-            "events": c.events, "sounds": c.sounds, "rejected": c.rejected, "merged": c.merged,
-            "superseded": c.superseded,
-            "cpu_s": round(cpu.user + cpu.system, 2),
-            "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
-            "overruns": self.source.overruns, "clipped_samples": c.clipped, "invalid_samples": c.invalid,
-            "audio": "stalled" if stalled else "silent" if silent else self.pipeline.audio_health(),
-            "level_dbfs": round(self.pipeline.onset.level_dbfs, 1),
-            "noise_floor_dbfs": round(float(self.pipeline.onset.noise_floor_dbfs), 1),
+            "uptime_s": round(now - self._started, 1), **pipeline, "cpu_s": round(cpu.user + cpu.system, 2),
+            "overruns": self.source.overruns,
+            "audio": "stalled" if stalled else "silent" if silent else pipeline["audio"],
             "outbox_depth": self.sink.depth(), "outbox_dropped": self.sink.dropped(),
-            "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
             **self.sink.health(),
         }
+
+    def _send(self, events: list) -> None:
+        for event in events:
+            self.sink.submit(event)  # durable first: an id that was logged is in the outbox
+            log.info("event id=%s onset_utc=%s label=%s cough_score=%.3f", event.event_id, event.onset_utc,
+                     event.label, event.cough_score)
 
     @staticmethod
     def _status_line(stats: dict) -> str:
@@ -93,8 +91,8 @@ class Daemon:
             now = time.monotonic()
             if chunk.size:
                 self._last_audio = now
-                self.pipeline.feed(chunk)
-                if self.pipeline.counters.last_peak > SILENT_PEAK:
+                self._send(self.pipeline.feed(chunk))
+                if self.pipeline.last_peak > SILENT_PEAK:
                     self._last_sound = now
             # The watchdog is fed only while audio keeps arriving: a stalled microphone gets us restarted.
             if watchdog_every and now >= next_watchdog and now - self._last_audio < watchdog_every:
@@ -110,7 +108,7 @@ class Daemon:
                 next_stats = now + self.stats_interval_s
         self.notifier.stopping()
         self.source.close()
-        self.pipeline.flush()
+        self._send(self.pipeline.flush())
         self.sink.publish_stats(self.stats())
         self.sink.close(timeout=self.shutdown_flush_s)
         log.info("stopped: %s", self.stats())

@@ -6,7 +6,6 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Callable
 
 import numpy as np
 
@@ -55,14 +54,14 @@ class Counters:
 
 
 class Pipeline:
-    def __init__(self, detector: Model, classifier: Model, device_id: str, emit: Callable[[CoughEvent], None],
+    def __init__(self, detector: Model, classifier: Model, device_id: str,
                  *, onset: OnsetDetector | None = None, detector_threshold: float | None = None,
                  start_utc: datetime | None = None, synced: bool | None = None) -> None:
         rates = {detector.info.sample_rate, classifier.info.sample_rate}
         if len(rates) != 1:
             raise ValueError(f"the cough detector and classifier disagree on sample rate: {sorted(rates)} Hz")
         self.sample_rate = rates.pop()
-        self.detector, self.classifier, self.device_id, self.emit = detector, classifier, device_id, emit
+        self.detector, self.classifier, self.device_id = detector, classifier, device_id
         self.onset = onset or OnsetDetector(self.sample_rate)
         if self.onset.sample_rate != self.sample_rate:
             raise ValueError(f"onset detector runs at {self.onset.sample_rate} Hz, models at {self.sample_rate} Hz")
@@ -84,7 +83,7 @@ class Pipeline:
         self.counters = Counters()
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
-        """Process one chunk at the models' rate; returns the events it published (also passed to ``emit``): those
+        """Process one chunk at the models' rate; returns the events it completed, for the caller to send: those
         accepted at least ``supersede_ms`` of classified sounds ago and not superseded."""
         t0 = time.monotonic()
         chunk = self._sanitise(np.asarray(chunk, dtype=np.float32))
@@ -129,6 +128,26 @@ class Pipeline:
         if c.last_clipped_at >= 0 and c.last_clipped_at >= horizon:
             return "clipping"
         return "ok"
+
+    def health(self) -> dict:
+        """What the pipeline knows of the audio and its own work, for the stats heartbeat (its one owner)."""
+        c = self.counters
+        audio_s = c.samples / self.sample_rate
+        lat = sorted(c.latencies_ms)
+        return {
+            "audio_s": round(audio_s, 1), "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
+            "merged": c.merged, "superseded": c.superseded,
+            "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
+            "clipped_samples": c.clipped, "invalid_samples": c.invalid, "audio": self.audio_health(),
+            "level_dbfs": round(self.onset.level_dbfs, 1),
+            "noise_floor_dbfs": round(float(self.onset.noise_floor_dbfs), 1),
+            "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
+        }
+
+    @property
+    def last_peak(self) -> float:
+        """Largest absolute sample value of the latest chunk."""
+        return self.counters.last_peak
 
     @property
     def buffered_samples(self) -> int:
@@ -184,7 +203,6 @@ class Pipeline:
             event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
             self.counters.events += 1
             self.counters.latencies_ms.append(event.latency_ms)
-            self.emit(event)
             out.append(event)
         del self.counters.latencies_ms[:-1000]
         return out

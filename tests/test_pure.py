@@ -424,9 +424,9 @@ def test_pipeline_cuts_each_models_own_window_around_the_onset(chunk):
     detector = _RecordingModel("det", 16000, 4000, [0.9, 0.1])
     classifier = _RecordingModel("cls", 48000, 4000, [0.7, 0.3])  # a 3 s window, 2.75 s after the onset
     events = []
-    pipe = Pipeline(detector, classifier, "dev", events.append, synced=True)
+    pipe = Pipeline(detector, classifier, "dev", synced=True)
     for start in range(0, audio.size, chunk):
-        pipe.feed(audio[start:start + chunk])
+        events += pipe.feed(audio[start:start + chunk])
     assert len(events) == 1, "the event is emitted once the longer window is complete, before the stream ends"
     onset = events[0].onset_sample
     assert abs(onset - 40000) <= 320
@@ -450,12 +450,12 @@ def test_pipeline_memory_stays_bounded_when_sounds_never_stop():
     detector = _RecordingModel("det", 16000, 4000, [0.9, 0.1])
     classifier = _RecordingModel("cls", 48000, 4000, [0.7, 0.3])
     events = []
-    pipe = Pipeline(detector, classifier, "dev", events.append, synced=True)
+    pipe = Pipeline(detector, classifier, "dev", synced=True)
     held = []
     for start in range(0, audio.size, 1600):
-        pipe.feed(audio[start:start + 1600])
+        events += pipe.feed(audio[start:start + 1600])
         held.append(pipe.buffered_samples)
-    pipe.flush()
+    events += pipe.flush()
     assert len(events) == len(bursts)
     assert max(held) < 6 * 16000, "the buffer holds the longest window and sound, not the stream"
     for event, window in zip(events, classifier.windows):
@@ -485,11 +485,11 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
     for gap_ms in (0.0, 100.0):
         detector = _RecordingModel("det", 16000, 1600, [0.9, 0.1])
         events = []
-        pipe = Pipeline(detector, _RecordingModel("cls", 16000, 1600, [0.7, 0.3]), "dev", events.append,
+        pipe = Pipeline(detector, _RecordingModel("cls", 16000, 1600, [0.7, 0.3]), "dev",
                         onset=OnsetDetector(16000, OnsetSettings(merge_gap_ms=gap_ms)), synced=True)
         for start in range(0, audio.size, chunk):
-            pipe.feed(audio[start:start + chunk])
-        pipe.flush()
+            events += pipe.feed(audio[start:start + chunk])
+        events += pipe.flush()
         counts[gap_ms] = ([e.onset_sample for e in events], pipe.counters.merged, len(detector.windows))
     onsets, merged, scored = counts[0.0]
     assert len(onsets) == 3 and merged == 0, "without merging each phase is an event"
@@ -538,16 +538,14 @@ def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_su
     from edge.pipeline import Pipeline
 
     audio = _sounds_at(spec)
-    published = []
     pipe = Pipeline(_LoudnessDetector("det", 16000, 4000, [0, 0]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
-                    "dev", published.append, onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms)),
-                    synced=True)
-    returned = []
+                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms)), synced=True)
+    published = []
     for start in range(0, audio.size, chunk):
-        returned += pipe.feed(audio[start:start + chunk])
-    returned += pipe.flush()
+        published += pipe.feed(audio[start:start + chunk])
+    published += pipe.flush()
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
-    assert [e.event_id for e in returned] == [e.event_id for e in published], "feed/flush return what they emit"
+    assert pipe.health()["superseded"] == superseded and pipe.health()["events"] == len(want)
     c = pipe.counters
     assert c.superseded == superseded and c.events == len(want)
     assert c.sounds == len(spec) == c.events + c.superseded + c.merged and c.rejected == 0
@@ -586,9 +584,9 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     audio[rise:rise + 4800] += (0.4 * rng.standard_normal(4800)).astype(np.float32)
     got = []
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
-                    "dev", got.append, synced=True)
+                    "dev", synced=True)
     for start in range(0, audio.size, 1600):
-        pipe.feed(audio[start:start + 1600])
-    pipe.flush()
+        got += pipe.feed(audio[start:start + 1600])
+    got += pipe.flush()
     assert pipe.counters.sounds == 2, "the rise re-triggers the onset detector"
     assert len(got) == events and pipe.counters.merged == 2 - events

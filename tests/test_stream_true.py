@@ -51,7 +51,7 @@ def test_trainer_evaluation_windows_are_the_windows_the_pipeline_cuts(tiny_model
     for i, clip in enumerate(coughs):
         scene = maker.scene(clip, seeded_rng(3, "test", clip.sha256))
         detector.windows.clear()
-        pipe = Pipeline(detector, classifier, "dev", lambda e: None, detector_threshold=1.1, synced=True)
+        pipe = Pipeline(detector, classifier, "dev", detector_threshold=1.1, synced=True)
         for start in range(0, scene.audio.size, 1000):
             pipe.feed(scene.audio[start:start + 1000])
         pipe.flush()
@@ -309,10 +309,10 @@ def test_nan_and_inf_samples_are_silenced_counted_and_do_not_deafen_the_detector
     audio[7 * RATE] = 1.0  # one clipped sample near the end
     detector = _RecordingModel("det", RATE, RATE // 4, [0.9, 0.1])
     events = []
-    pipe = Pipeline(detector, _RecordingModel("cls", RATE, RATE // 4, [0.7, 0.3]), "dev", events.append, synced=True)
+    pipe = Pipeline(detector, _RecordingModel("cls", RATE, RATE // 4, [0.7, 0.3]), "dev", synced=True)
     for start in range(0, audio.size, 1600):
-        pipe.feed(audio[start:start + 1600])
-    pipe.flush()
+        events += pipe.feed(audio[start:start + 1600])
+    events += pipe.flush()
     assert pipe.counters.invalid == 12 and np.isfinite(pipe.onset.noise_floor_dbfs)
     assert any(abs(e.onset_sample - 5 * RATE) <= 320 for e in events), "the cough after the bad samples is heard"
     assert all(np.isfinite(w).all() for w in detector.windows)

@@ -361,7 +361,7 @@ def run_daemon_pipeline(det, cls, stream: np.ndarray, detector_threshold: float 
     from edge.onset import OnsetDetector
     from edge.pipeline import Pipeline
 
-    pipe = Pipeline(det, cls, "stream-benchmark", lambda event: None, detector_threshold=detector_threshold, synced=False,
+    pipe = Pipeline(det, cls, "stream-benchmark", detector_threshold=detector_threshold, synced=False,
                     onset=OnsetDetector(det.info.sample_rate, onset), start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
     events, t0 = [], time.perf_counter()
     for start in range(0, stream.size, chunk):
