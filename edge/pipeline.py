@@ -142,17 +142,13 @@ class Pipeline:
             "level_dbfs": round(self.onset.level_dbfs, 1),
             "noise_floor_dbfs": round(float(self.onset.noise_floor_dbfs), 1),
             "median_latency_ms": round(lat[len(lat) // 2], 2) if lat else None,
+            "buffered_s": round(self._buf.size / self.sample_rate, 2),
         }
 
     @property
     def last_peak(self) -> float:
         """Largest absolute sample value of the latest chunk."""
         return self.counters.last_peak
-
-    @property
-    def buffered_samples(self) -> int:
-        """Audio samples held for windows not yet cut (bounded by the longest window plus the longest sound)."""
-        return int(self._buf.size)
 
     def _trim(self) -> None:
         """Forget audio that no pending sound's window and no sound still to be reported can reach."""
