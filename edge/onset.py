@@ -55,7 +55,8 @@ class OnsetSettings:
     supersede_ms: float = 600.0
     """An accepted sound yields to a sound accepted less than this many milliseconds after its onset whose cough
     score is more than ``supersede_margin`` higher: its window held that cough off its place (a room sound just
-    before a cough). Events are published this much later. 0 = every accepted sound is published."""
+    before a cough). Events are published at least this much later (longer while a sound that started within it
+    goes on). 0 = every accepted sound is published as soon as it is scored."""
     supersede_margin: float = 0.05
     """How much higher (cough score, 0-1) the later sound must score; the coughs of a bout score alike and stay
     separate events."""

@@ -192,8 +192,9 @@ class Pipeline:
         """Publish held events that no sound still to be classified can supersede. ``t_complete``: when the chunk
         that released them arrived (latency is counted from it)."""
         horizon = min([s.onset for s in self._pending] + [self.onset.unreported_from])
-        ready = [h for h in self._held if final or h.onset_sample + self._supersede <= horizon]
-        self._held = [h for h in self._held if all(h is not r for r in ready)]
+        settled = [final or h.onset_sample + self._supersede <= horizon for h in self._held]
+        ready = [h for h, done in zip(self._held, settled) if done]
+        self._held = [h for h, done in zip(self._held, settled) if not done]
         out = []
         for held in ready:
             event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
@@ -217,8 +218,9 @@ class Pipeline:
         if held is not None:
             score = self._score(sound)
             if score >= self.detector_threshold and score > held.cough_score + self.onset.s.supersede_margin:
-                self._held = [h for h in self._held if h is not held] + [self._accept(sound, score)]
+                self._held.remove(held)
                 self.counters.superseded += 1
+                self._hold(self._accept(sound, score))
                 return True
         self._cough = (onset, max(chain_end, sound.offset))
         self.counters.merged += 1

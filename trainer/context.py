@@ -169,9 +169,9 @@ class SceneMaker:
         before the recording to ``ONSET_TOLERANCE_S`` before it, or within ``pre_roll`` after its end; where the
         room has none, points drawn in the first span (``data.near_windows``)."""
         lo, hi = scene.start - (window_samples - pre_roll_samples) + 1, scene.start - self.tolerance
-        near = [o for o in room if lo <= o < hi or scene.end <= o < scene.end + pre_roll_samples]
         if hi <= lo or n <= 0:
             return []
+        near = [o for o in room if lo <= o < hi or scene.end <= o < scene.end + pre_roll_samples]
         return [near[int(rng.integers(len(near)))] if near else int(rng.integers(lo, hi)) for _ in range(n)]
 
     def windows(self, scene: Scene, anchors: list[int], window_samples: int, pre_roll_samples: int) -> np.ndarray:

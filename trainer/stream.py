@@ -287,6 +287,7 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
     coughs = [(p, h) for p, h in zip(truth, hits) if p.kind == "cough"]
     sounds = [(p, h) for p, h in zip(truth, hits) if p.kind == "sound"]
     detected = [(p, h) for p, h in coughs if h]
+    background = [e.onset for e, m in zip(events, matched) if not m]
     errors = [abs(events[h[0]].onset - p.onset) / sample_rate * 1000 for p, h in detected]
     hours = n_samples / sample_rate / 3600
     out = {
@@ -301,10 +302,8 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
         "background_events": int((~matched).sum()),
         "background_events_per_hour": float((~matched).sum() / hours) if hours else None,
-        "background_next_to_coughs": _next_to_coughs(truth, [e.onset for e, m in zip(events, matched) if not m],
-                                                     sample_rate),
-        "background_by_band": _background_by_band(truth, [e.onset for e, m in zip(events, matched) if not m],
-                                                  n_samples, sample_rate),
+        "background_next_to_coughs": _next_to_coughs(truth, background, sample_rate),
+        "background_by_band": _background_by_band(truth, background, n_samples, sample_rate),
         "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
     }
     if positive_label:
@@ -317,7 +316,11 @@ def _next_to_coughs(truth: list[Placed], onsets: list[int], sample_rate: int) ->
     """Background events within ``NEXT_TO_S`` of a placed cough's span: a window cut at a room sound there holds
     the cough off its place, so a detector that answers for any cough in its window fires on it."""
     reach = round(NEXT_TO_S * sample_rate)
-    spans = [(p.onset - reach, p.end + reach) for p in truth if p.kind == "cough"]
+    return _within(onsets, [(p.onset - reach, p.end + reach) for p in truth if p.kind == "cough"])
+
+
+def _within(onsets: list[int], spans: list[tuple[int, int]]) -> int:
+    """How many of ``onsets`` lie in any of the ``[lo, hi)`` sample ``spans``."""
     return sum(any(lo <= x < hi for lo, hi in spans) for x in onsets)
 
 
@@ -325,7 +328,7 @@ def _background_by_band(truth: list[Placed], onsets: list[int], n_samples: int, 
     """Background events per hour where the room passes the telephone band (around telephone recordings) and
     elsewhere: a detector that hears the channel, not the sound, fires in the former."""
     spans = telephone_spans(truth, n_samples, sample_rate)
-    inside = sum(any(lo <= x < hi for lo, hi in spans) for x in onsets)
+    inside = _within(onsets, spans)
     hours_in = sum(hi - lo for lo, hi in spans) / sample_rate / 3600
     hours_out = n_samples / sample_rate / 3600 - hours_in
     return {"telephone": {"events": inside, "hours": hours_in, "per_hour": inside / hours_in if hours_in else None},
@@ -470,6 +473,8 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
     whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file. The daemon's
     pipeline runs once per threshold: which sounds merge into a cough depends on which were accepted."""
+    from tqdm import tqdm
+
     from edge.inference import Model
 
     from .export import set_threshold
@@ -481,8 +486,6 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
-    from tqdm import tqdm
-
     det, cls, table = Remembered(det), Remembered(Model(classifier)), []
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
         events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset)
@@ -608,7 +611,8 @@ def markdown(result: dict) -> list[str]:
                   f"place): {result['background_next_to_coughs']} of {result['background_events']}.", ""]
     band = result.get("background_by_band")
     if band and band["telephone"]["hours"]:
-        lines += [f"Background events per hour where the room passes the telephone band (1 s around each telephone "
+        lines += [f"Background events per hour where the room passes the telephone band ({TELEPHONE_MARGIN_S:g} s "
+                  f"around each telephone "
                   f"recording, {band['telephone']['hours'] * 60:.1f} min): {band['telephone']['per_hour']:.1f}; "
                   f"elsewhere ({band['wideband']['hours'] * 60:.1f} min): {band['wideband']['per_hour']:.1f}.", ""]
     gate = result.get("onset_gate")
