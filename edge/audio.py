@@ -26,6 +26,10 @@ class AudioError(RuntimeError):
     """An audio source cannot be opened or decoded; the message names it."""
 
 
+class CannotOpen(AudioError):
+    """libsndfile cannot open the file at all (not audio, or a container it does not read, such as WebM)."""
+
+
 @dataclass(frozen=True)
 class MicSettings:
     device: str = ""
@@ -108,7 +112,7 @@ class FileSource:
         try:
             self._file = sf.SoundFile(str(self.path))
         except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise AudioError(f"{self.path}: cannot open audio file: {exc}") from exc
+            raise CannotOpen(f"{self.path}: cannot open audio file: {exc}") from exc
         self.native_rate = self._file.samplerate
         if not MIN_FILE_RATE <= self.native_rate <= MAX_FILE_RATE:
             raise AudioError(f"{self.path}: header says {self.native_rate} Hz, outside {MIN_FILE_RATE}..{MAX_FILE_RATE} "
@@ -142,6 +146,25 @@ class FileSource:
 
     def close(self) -> None:
         self._file.close()
+
+
+def read_file(path: str | Path, sample_rate: int) -> np.ndarray:
+    """A whole file as mono float32 at ``sample_rate``, decoded exactly as ``edge run --source`` hears it
+    (:class:`FileSource`: soundfile, :class:`Downmix`, soxr HQ as a stream). The trainer reads its audio here too."""
+    source = FileSource(path, sample_rate)
+    chunks = []
+    try:
+        while (chunk := source.read()) is not None:
+            chunks.append(chunk)
+    finally:
+        source.close()
+    return np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
+
+
+def to_mono_at(frames: np.ndarray, native_rate: int, sample_rate: int, name: str) -> np.ndarray:
+    """``[frames, channels]`` decoded elsewhere, through the same downmix and resampler as :func:`read_file`."""
+    resample = _Resampler(native_rate, sample_rate)
+    return resample(Downmix(name)(np.asarray(frames, dtype=np.float32).reshape(len(frames), -1)), last=True)
 
 
 class StdinSource:

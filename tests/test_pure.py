@@ -228,7 +228,8 @@ def test_baselines_expose_a_label_carried_by_the_source_or_the_length():
 
     # two windows per recording, as when the onset detector finds two sounds in it
     sets = {k: WindowSet(np.stack([c.audio[o:o + sr // 4] for c in v for o in (0, sr // 4)]),
-                         np.repeat(np.arange(len(v)), 2), np.repeat([c.label == "negative" for c in v], 2).astype(int))
+                         np.repeat(np.arange(len(v)), 2), np.repeat([c.label == "negative" for c in v], 2).astype(int),
+                         np.zeros(2 * len(v), dtype=bool))
             for k, v in parts.items()}
     out = run_baselines(parts, sets, "positive", labels=("positive", "negative"), sample_rate=sr, group_by="source",
                         bootstrap=0)
@@ -285,6 +286,30 @@ def test_augmentation_is_configured_from_flags_and_can_be_switched_off():
     assert 10 * np.log10(np.mean(x**2) / np.mean(residual**2)) == pytest.approx(10.0, abs=0.5)
 
 
+def test_telephone_balance_leaves_the_channel_no_clue_to_the_class():
+    from trainer.augment import AugmentSettings, telephone_rates
+    from trainer.settings import add_arguments, from_args
+
+    # class 0: 6 of 10 windows from telephones; class 1: none (wideband rooms and packages)
+    targets = np.array([0] * 10 + [1] * 20)
+    phone = np.array([True] * 6 + [False] * 4 + [False] * 20)
+    rates = telephone_rates(phone, targets, 0.25)
+    assert np.all(rates[:6] == 0.0)  # already band-limited
+    after = {c: float(np.mean(phone[targets == c] + (1 - phone[targets == c]) * rates[targets == c])) for c in (0, 1)}
+    assert after[0] == pytest.approx(0.6 + 0.4 * 0.25) and after[1] == pytest.approx(after[0])
+    # no telephone anywhere: every class at the base rate; everything a telephone: nothing more to do
+    assert np.allclose(telephone_rates(np.zeros(30, bool), targets, 0.25), 0.25)
+    assert np.all(telephone_rates(np.ones(30, bool), targets, 0.25) == 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        telephone_rates(phone[:5], targets, 0.25)
+    import argparse
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert AugmentSettings().telephone_balance is True
+    assert from_args(parser.parse_args(["--data", "x", "--no-augment-telephone-balance"])).augment.telephone_balance \
+        is False
+
+
 def test_teacher_loads_from_a_local_save_pretrained_folder(tmp_path):
     from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
@@ -338,7 +363,7 @@ def test_teacher_cache_is_reused_only_for_the_same_crops_and_the_same_teacher(tm
 
     rng = np.random.default_rng(0)
     windows = (0.1 * rng.standard_normal((3, 16000))).astype(np.float32)
-    ds = CropDataset(WindowSet(windows, np.arange(3), np.array([0, 1, 0])), None, 0)
+    ds = CropDataset(WindowSet(windows, np.arange(3), np.array([0, 1, 0]), np.zeros(3, dtype=bool)), None, 0)
     torch.manual_seed(0)
     teacher = build_teacher("preset:tiny", ("a", "b"), "a", window_samples=16000, pre_roll_samples=4000)
     path, acc = tmp_path / "teacher_cache.pt", Accelerator(cpu=True)
@@ -351,7 +376,7 @@ def test_teacher_cache_is_reused_only_for_the_same_crops_and_the_same_teacher(tm
         next(teacher.parameters()).add_(0.5)  # "retrained" teacher, same folder
     changed = teacher_cache(teacher, ds, path, acc)
     assert changed.abs().max() < 100 and not torch.equal(changed, first)
-    other = CropDataset(WindowSet(windows[::-1].copy(), np.arange(3), np.array([0, 1, 0])), None, 0)
+    other = CropDataset(WindowSet(windows[::-1].copy(), np.arange(3), np.array([0, 1, 0]), np.zeros(3, dtype=bool)), None, 0)
     assert torch.load(path, weights_only=True)["keys"] != other.ws.keys  # other windows (e.g. other scenes)
     recomputed = teacher_cache(teacher, other, path, acc)
     assert torch.allclose(recomputed, changed.flip(0), atol=1e-5)

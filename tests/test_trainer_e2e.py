@@ -127,9 +127,9 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
             "--stream-coughs", str(DATA / "covid-sample"), "--stream-sounds", str(DATA / "room-sample"),
             "--stream-val-fraction", "0.25", "--stream-test-fraction", "0.25", "--stream-levels-db", "10,35",
             "--stream-gap-min-s", "1", "--stream-gap-max-s", "2"]
-    assert main([*args, "--out", str(tmp_path / "a.json"), "--audio", str(tmp_path / "s.flac")]) == 0
-    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
-    a, b = (json.loads((tmp_path / f"{x}.json").read_text()) for x in "ab")
+    assert main([*args, "--out", str(tmp_path / "a"), "--audio", str(tmp_path / "s.flac")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / x / "stream.json").read_text()) for x in "ab")
     for result in (a, b):
         result.pop("real_time_factor"), result.pop("command")
     assert a == b, "deterministic by seed"
@@ -141,13 +141,13 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
         "every event is at an onset, so the onset detector alone finds at least what the pipeline does"
     assert a["onset_settings"]["merge_gap_ms"] == 100.0
     assert main([*args, "--onset-merge-gap-ms", "0", "--stream-sound-class-by", "participant",
-                 "--stream-synthetic-per-kind", "2", "--out", str(tmp_path / "c.json")]) == 0
-    c = json.loads((tmp_path / "c.json").read_text())
+                 "--stream-synthetic-per-kind", "2", "--out", str(tmp_path / "c")]) == 0
+    c = json.loads((tmp_path / "c" / "stream.json").read_text())
     assert c["onset_settings"]["merge_gap_ms"] == 0.0 and c["coughs"]["n"] == a["coughs"]["n"]
     assert "label" not in c["sounds_by_class"] and len(c["sounds_by_class"]) >= 4
     assert all(c["sounds_by_class"][k]["n"] == 2 for k in ("noise burst", "clap", "tone"))
-    assert main([*args, "--compare-detector", model, "--out", str(tmp_path / "d.json")]) == 0
-    d = json.loads((tmp_path / "d.json").read_text())
+    assert main([*args, "--compare-detector", model, "--out", str(tmp_path / "d")]) == 0
+    d = json.loads((tmp_path / "d" / "compare.json").read_text())
     assert d["coughs"] == a["coughs"]["n"], "the same stream"
     for figure in d["difference"].values():  # undefined (None, valid JSON) only where the stream has no background
         assert figure["diff"] in (0.0, None) and figure["share_of_resamples_a_better"] in (0.0, None), \
@@ -155,6 +155,9 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert d["difference"]["sensitivity_at_10_per_hour"]["diff"] == 0.0
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
-    assert "cough sensitivity" in (tmp_path / "a.md").read_text()
+    assert "cough sensitivity" in (tmp_path / "a" / "stream.md").read_text()
+    assert (tmp_path / "a" / "stream.png").stat().st_size > 0
+    assert main([*args, "--out", str(tmp_path / "s.flac")]) == 2
+    assert "trainer stream --out names a folder" in capsys.readouterr().err
     assert main(["stream", "--stream-coughs", "x", "--stream-sounds", "y", "--stream-split", "train"]) == 2
     assert "stream.split = 'train' must be test or val" in capsys.readouterr().err

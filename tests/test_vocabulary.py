@@ -134,3 +134,30 @@ def test_a_runs_settings_json_is_a_config_file(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(config.ConfigError, match="not a JSON object"):
         config.build(Settings, file=path)
+
+
+def test_the_trainer_hears_a_file_as_the_daemon_does(tmp_path):
+    """One file decoder: `trainer`'s audio is `edge.audio.read_file`'s, which is what `edge run --source` hears;
+    a container libsndfile cannot open goes through the same downmix and resampler."""
+    import numpy as np
+    import soundfile as sf
+
+    from edge.audio import CannotOpen, FileSource, read_file, to_mono_at
+    from trainer.data import decode
+
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((8000 * 3, 2))).astype(np.float32)  # 3 s at 8 kHz, as a telephone
+    path = tmp_path / "call.flac"
+    sf.write(str(path), stereo, 8000, subtype="PCM_16")
+    heard = decode(path, 16000)
+    assert np.array_equal(heard, read_file(path, 16000)) and heard.dtype == np.float32
+    source, streamed = FileSource(path, 16000, block_s=0.1), []
+    while (chunk := source.read()) is not None:
+        streamed.append(chunk)
+    assert np.array_equal(heard, np.concatenate(streamed)), "block size does not change what is heard"
+    frames, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    assert np.allclose(to_mono_at(frames, rate, 16000, "call"), heard, atol=1e-6)
+    assert abs(heard.size - 3 * 16000) <= 1
+    (tmp_path / "notes.flac").write_text("not audio")
+    with pytest.raises(CannotOpen, match="notes.flac: cannot open audio file"):
+        read_file(tmp_path / "notes.flac", 16000)

@@ -16,34 +16,38 @@ from .stream import StreamCommand
 
 
 def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
-    """`trainer stream`: the benchmark, or on the same stream a threshold sweep or a comparison of two detectors."""
+    """`trainer stream`: the benchmark, or on the same stream a threshold sweep or a comparison of two detectors;
+    with ``--out DIR``, each writes its files into that folder (``stream.*``, ``threshold-sweep.*``, ``compare.json``)."""
     from . import stream
 
     cmd = config.build(StreamCommand, file=args.config, args=args)
-    m, command = cmd.model, "trainer " + shlex.join(argv)
+    m, command, out = cmd.model, "trainer " + shlex.join(argv), args.out
+    if out is not None and ((out.exists() and not out.is_dir()) or out.suffix in (".json", ".md", ".png")):
+        raise ValueError(f"--out {out} names a file; trainer stream --out names a folder (as every --out does)")
     if args.choose_detector_threshold:
         chosen = stream.choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset)
-        _report({**chosen, "command": command}, chosen["chosen"], args.out)
-        if args.out:
-            stream.plot_sweep(chosen, args.out.with_suffix(".png"))
+        _report({**chosen, "command": command}, chosen["chosen"], out and out / "threshold-sweep.json")
+        if out:
+            stream.plot_sweep(chosen, out / "threshold-sweep.png")
     elif args.compare_detector:
         result = stream.compare_detectors(cmd.stream, Path(m.detector), args.compare_detector, Path(m.classifier),
                                           cmd.onset)
-        _report({**result, "command": command}, result["difference"], args.out)
+        _report({**result, "command": command}, result["difference"], out and out / "compare.json")
     else:
         result = stream.run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                                    detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
                                    onset=cmd.onset)
         result["command"] = command
         print("\n".join(stream.markdown(result)))
-        if args.out:
-            stream.write_result(args.out, result)
+        if out:
+            stream.write_result(out, result)
 
 
-def _report(result: dict, shown: dict, out: Path | None) -> None:
+def _report(result: dict, shown: dict, path: Path | None) -> None:
     print(json.dumps(shown, indent=2))
-    if out:
-        out.write_text(json.dumps(result, indent=2))
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
 
 
 EVALUATE_KEYS = [*(f"data.{k}" for k in ("manifest", "label_map", "positive_label", "group_by", "pad", "background",
@@ -94,7 +98,9 @@ def add_stream(sub) -> None:
                                    "in-process with the given models, and score the events it publishes.")
     p.add_argument("--config", type=Path, help="TOML file with [stream] and [model]")
     config.add_arguments(p, StreamCommand)
-    p.add_argument("--out", type=Path, default=None, help="JSON file to write (and a .md next to it)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder to write into: stream.json, .md and .png (a run folder's report.md and MODEL_CARD.md "
+                        "then lead with them), threshold-sweep.json and .png, or compare.json")
     p.add_argument("--audio", type=Path, default=None, help="also write the stream as FLAC, truth as <audio>.truth.csv")
     p.add_argument("--compare-detector", type=Path, default=None, metavar="ONNX",
                    help="compare --model-detector (a) with this detector (b) on the stream: ROC-AUC of coughs against "

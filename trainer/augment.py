@@ -29,6 +29,10 @@ class AugmentSettings:
     """Largest time shift in samples (drawn uniformly in [-shift, +shift]; the vacated edge is zero-filled)."""
     telephone_p: float = 0.25
     """Probability of a 300-3400 Hz telephone band-limit."""
+    telephone_balance: bool = True
+    """Draw the telephone band-limit per class, so that every class's windows come through the telephone band
+    (by their source or by this augmentation) as often as those of the class whose sources are most often
+    telephones: the channel alone then cannot tell a class (see :func:`telephone_rates`)."""
     mix_p: float = 0.3
     """Probability of mixing in another clip's window as background (speech, breathing, other coughs)."""
     mix_snr_min_db: float = 10.0
@@ -49,8 +53,27 @@ class AugmentSettings:
                              f"{self.shift_samples!r} must be >= 0")
 
 
+def telephone_rates(phone: np.ndarray, targets: np.ndarray, telephone_p: float) -> np.ndarray:
+    """Each window's probability of a telephone band-limit when classes are balanced by channel.
+
+    ``phone[i]``: window ``i`` already came through a telephone (its recording did); ``targets[i]``: its class.
+    A class whose windows are telephone in share ``s`` ends at ``s + (1 - s) * p`` after a band-limit drawn with
+    probability ``p``; every class is brought to the highest such share among the classes at ``telephone_p``.
+    Windows already band-limited get 0 (a second band-limit changes nothing).
+    """
+    phone, targets = np.asarray(phone, dtype=bool), np.asarray(targets)
+    if phone.shape != targets.shape:
+        raise ValueError(f"phone {phone.shape} and targets {targets.shape} must have the same shape")
+    classes = np.unique(targets)
+    share = {c: float(phone[targets == c].mean()) for c in classes}
+    goal = max(s + (1.0 - s) * telephone_p for s in share.values()) if classes.size else telephone_p
+    rate = {c: 0.0 if s >= 1.0 else (goal - s) / (1.0 - s) for c, s in share.items()}
+    return np.where(phone, 0.0, np.array([rate[c] for c in targets.tolist()], dtype=float).reshape(targets.shape))
+
+
 def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_rate: int = 16000,
-            background: np.ndarray | None = None) -> np.ndarray:
+            background: np.ndarray | None = None, telephone_p: float | None = None) -> np.ndarray:
+    """One augmented copy of ``x``; ``telephone_p`` (when given) replaces ``s.telephone_p`` for this window."""
     x = x.astype(np.float32, copy=True)
     if background is not None and rng.random() < s.mix_p:
         ratio = np.sqrt((np.mean(x**2) + 1e-10) / (np.mean(background**2) + 1e-10))
@@ -62,7 +85,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, s: AugmentSettings, sample_
             x[:shift] = 0
         elif shift < 0:
             x[shift:] = 0
-    if rng.random() < s.telephone_p:
+    if rng.random() < (s.telephone_p if telephone_p is None else telephone_p):
         x = band_limit(x, sample_rate, 300.0, 3400.0)
     if rng.random() < s.noise_p:
         power = float(np.mean(x**2)) + 1e-10

@@ -107,11 +107,18 @@ def relabel(clips: list[Clip], positive: str) -> tuple[str, ...]:
 
 
 def decode(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono float32 at ``sample_rate``; librosa decodes (soundfile/audioread) and resamples (soxr)."""
-    import librosa
+    """Mono float32 at ``sample_rate``, by the daemon's own file reader (:func:`edge.audio.read_file`), so training
+    audio is what ``edge run --source`` hears. A container libsndfile cannot open (WebM, M4A, ...) is opened by
+    audioread (through librosa) and then goes through the same downmix and resampler."""
+    from edge.audio import CannotOpen, read_file, to_mono_at
 
-    audio, _ = librosa.load(path, sr=sample_rate, mono=True, res_type="soxr_hq")
-    return audio.astype(np.float32)
+    try:
+        return read_file(path, sample_rate)
+    except CannotOpen:
+        import librosa
+
+        audio, native_rate = librosa.load(path, sr=None, mono=False)
+        return to_mono_at(np.atleast_2d(audio).T, int(native_rate), sample_rate, str(path))
 
 
 def load_audio(clips: list[Clip], sample_rate: int, min_samples: int, *, progress: bool = True) -> list[Clip]:

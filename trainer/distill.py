@@ -25,8 +25,8 @@ from .export import contract_metadata, export_onnx, quantize_int8, run_onnx, set
 from .models import build_cnn_student, build_teacher, build_w2v_small, count_parameters, save_checkpoint
 from .report import write_model_card, write_report
 from .settings import Settings
-from .train import (CropDataset, WindowSet, balanced_loader, ce_step, evaluation_windows, fit, make_kd_step,
-                    predict_logits, softmax, tagger_cache, teacher_cache, training_windows)
+from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, ce_step, evaluation_windows, fit,
+                    make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache, training_windows)
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,9 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
     for k, ws in sets.items():
         log.info("%s: %d windows from %d recordings; %d recordings without any onset", k, len(ws.windows),
                  len(parts[k]), ws.unheard)
+    log.info("training windows through a telephone channel by their source: %s", ", ".join(
+        f"{label} {train.phone[train.targets == i].mean():.1%}" for i, label in enumerate(labels)
+        if (train.targets == i).any()))
     return RunData(labels, positive, parts, sets, train, window, pre_roll)
 
 
@@ -136,7 +139,7 @@ def _portable(path: Path) -> str:
     return os.path.relpath(path, Path.cwd())
 
 
-def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict):
+def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: Selection):
     teacher = build_teacher(s.teacher.source, rd.labels, rd.positive, window_samples=rd.window,
                             pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
                             classes=s.teacher.classes)
@@ -147,9 +150,10 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict
     history = []
     if s.teacher.epochs:
         ds = CropDataset(rd.train, s.augment if s.augment.apply else None, s.run.seed, s.data.sample_rate)
+        schedule = Schedule(s.teacher.epochs, s.teacher.lr or (1e-3 if preset else 2.5e-5), s.run.weight_decay,
+                            s.run.warmup_epochs)
         teacher, history = fit(teacher, balanced_loader(ds, s.teacher.batch_size, s.run.seed, len(rd.parts["train"])),
-                               ce_step, epochs=s.teacher.epochs, lr=s.teacher.lr or (1e-3 if preset else 2.5e-5),
-                               desc="teacher", **common)
+                               ce_step, schedule, selection, accelerator, "teacher")
     teacher.eval()
     if accelerator.is_main_process:  # under `accelerate launch` only one process writes files
         save_checkpoint(teacher.cpu(), out / "teacher")
@@ -157,7 +161,7 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, common: dict
     return teacher.to(accelerator.device), history
 
 
-def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, common: dict):
+def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, selection: Selection):
     """The student against cached teacher outputs on the clean training windows (and, with ``--kd-aux-teacher``,
     a pretrained tagger's cached class scores for its auxiliary head)."""
     cached = teacher_cache(teacher, CropDataset(rd.train, None, s.run.seed), out / "teacher_cache.pt", accelerator)
@@ -177,7 +181,8 @@ def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, co
     step = make_kd_step(cached, alpha=s.kd.alpha, temperature=s.kd.temperature, feature_weight=s.kd.feature_weight,
                         aux_targets=aux_targets, aux_weight=s.kd.aux_weight)
     loader = balanced_loader(aug_ds, s.student.batch_size, s.run.seed + 1, len(rd.parts["train"]))
-    return fit(student, loader, step, epochs=s.student.epochs, lr=lr, desc="student", **common)
+    schedule = Schedule(s.student.epochs, lr, s.run.weight_decay, s.run.warmup_epochs)
+    return fit(student, loader, step, schedule, selection, accelerator, "student")
 
 
 def aux_soft_targets(s: Settings, rd: RunData, out: Path, accelerator) -> tuple[tuple[str, ...], torch.Tensor | None]:
@@ -235,11 +240,9 @@ def run_distill(s: Settings, argv: list[str] | None = None) -> dict:
     if main_process:
         (out / "settings.json").write_text(json.dumps({"command": command, **s.to_dict()}, indent=2))
     rd = prepare_data(s, out, accelerator.is_local_main_process, main_process)
-    common = dict(weight_decay=s.run.weight_decay, warmup_epochs=s.run.warmup_epochs,
-                  val_windows=rd.sets["val"].windows, val_targets=rd.sets["val"].targets, positive=rd.pos,
-                  accelerator=accelerator)
-    teacher, teacher_history = train_teacher(s, rd, out, accelerator, common)
-    student, student_history = distil_student(s, rd, teacher, out, accelerator, common)
+    selection = Selection(rd.sets["val"].windows, rd.sets["val"].targets, rd.pos)
+    teacher, teacher_history = train_teacher(s, rd, out, accelerator, selection)
+    student, student_history = distil_student(s, rd, teacher, out, accelerator, selection)
     accelerator.wait_for_everyone()
     if not main_process:
         return {}

@@ -135,11 +135,11 @@ def write_report_md(out: Path, report: dict) -> None:
 
 
 def stream_section(out: Path) -> list[str]:
-    """The run's stream benchmark (``stream.json``, written by `trainer stream --out <run>/stream.json`)."""
+    """The run's stream benchmark (``stream.json``, written by `trainer stream --out <run>`)."""
     path = out / "stream.json"
     if not path.is_file():
         return ["## On a live stream", "", "Not measured yet: run `trainer stream ... --out "
-                f"{out}/stream.json` (README, \"Measured figures\").", ""]
+                f"{out}` (README, \"Measured figures\").", ""]
     from .stream import markdown
 
     result = json.loads(path.read_text())

@@ -633,17 +633,18 @@ def markdown(result: dict) -> list[str]:
     return lines
 
 
-def write_result(out: Path, result: dict) -> None:
-    """``out`` (JSON), a .md and a .png next to it; a run folder's report.md and MODEL_CARD.md lead with it."""
+def write_result(folder: Path, result: dict) -> None:
+    """``stream.json``, ``stream.md`` and ``stream.png`` in ``folder``; when it is a run folder, its report.md and
+    MODEL_CARD.md are rewritten to lead with them."""
     from .report import CAVEAT, refresh_documents
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text("\n".join(["# Stream benchmark", "", CAVEAT, "", *markdown(result), "",
-                                                 f"Command: `{result.get('command', '')}`", ""]))
-    plot(result, out.with_suffix(".png"))
-    if out.name == "stream.json" and (out.parent / "report.json").is_file():
-        refresh_documents(out.parent)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stream.json").write_text(json.dumps(result, indent=2))
+    (folder / "stream.md").write_text("\n".join(["# Stream benchmark", "", CAVEAT, "", *markdown(result), "",
+                                                f"Command: `{result.get('command', '')}`", ""]))
+    plot(result, folder / "stream.png")
+    if (folder / "report.json").is_file():
+        refresh_documents(folder)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .augment import AugmentSettings, augment
-from .context import SceneMaker, seeded_rng
+from .augment import AugmentSettings, augment, telephone_rates
+from .context import SceneMaker, is_telephone, seeded_rng
 from .data import Clip, ManifestError
 from .losses import feature_penalty, kd_loss, soft_target_bce, warmup_linear
 
@@ -34,6 +34,8 @@ class WindowSet:
     """Index, in its split's clip list, of the recording each window belongs to."""
     targets: np.ndarray
     """Class index of each window (its recording's label)."""
+    phone: np.ndarray
+    """Whether each window came through a telephone channel (its recording did; so did the room of its scene)."""
     unheard: int = 0
     """Recordings in which the onset detector found no sound at all (the daemon would never classify them)."""
 
@@ -43,13 +45,15 @@ class WindowSet:
         return [hashlib.sha1(w.tobytes()).hexdigest() for w in self.windows]
 
 
-def _collect(pieces: list[tuple[int, np.ndarray, np.ndarray]], window: int, unheard: int) -> WindowSet:
+def _collect(pieces: list[tuple[int, np.ndarray, np.ndarray]], clips: list[Clip], window: int,
+             unheard: int) -> WindowSet:
     """``pieces``: (recording index, windows, class index of each window)."""
     if not pieces:
         raise ManifestError("the onset detector found no sound in any recording of this split")
-    return WindowSet(np.concatenate([w for _, w, _ in pieces]).reshape(-1, window),
-                     np.concatenate([np.full(len(w), i) for i, w, _ in pieces]),
-                     np.concatenate([t for _, _, t in pieces]), unheard)
+    clip = np.concatenate([np.full(len(w), i) for i, w, _ in pieces])
+    return WindowSet(np.concatenate([w for _, w, _ in pieces]).reshape(-1, window), clip,
+                     np.concatenate([t for _, _, t in pieces]),
+                     np.array([is_telephone(clips[i]) for i in clip.tolist()], dtype=bool), unheard)
 
 
 def _piece(i: int, clip: Clip, maker: SceneMaker, scene, own: list[int], room: list[int], labels: tuple[str, ...],
@@ -86,7 +90,7 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
                 pieces.append(_piece(i, clip, maker, scene, _one(own, rng), _one(room, rng) + off, labels, room_label,
                                      window, pre_roll))
         unheard += not heard
-    return _collect(pieces, window, unheard)
+    return _collect(pieces, clips, window, unheard)
 
 
 def evaluation_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, window: int, pre_roll: int,
@@ -102,7 +106,7 @@ def evaluation_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, 
         unheard += not own
         if own or (room and room_label):
             pieces.append(_piece(i, clip, maker, scene, own, room, labels, room_label, window, pre_roll))
-    return _collect(pieces, window, unheard)
+    return _collect(pieces, clips, window, unheard)
 
 
 class CropDataset(Dataset):
@@ -112,6 +116,8 @@ class CropDataset(Dataset):
         self.ws, self.aug, self.sample_rate = ws, aug, sample_rate
         self.targets = ws.targets
         self.rng = np.random.default_rng(seed)
+        self.telephone_p = telephone_rates(ws.phone, ws.targets, aug.telephone_p) \
+            if aug is not None and aug.telephone_balance else None
 
     def __len__(self) -> int:
         return len(self.ws.windows)
@@ -123,7 +129,8 @@ class CropDataset(Dataset):
         x = self.clean(i)
         if self.aug is not None:
             background = self.clean(int(self.rng.integers(len(self))))
-            x = augment(x, self.rng, self.aug, self.sample_rate, background=background)
+            x = augment(x, self.rng, self.aug, self.sample_rate, background=background,
+                        telephone_p=None if self.telephone_p is None else float(self.telephone_p[i]))
         return torch.from_numpy(np.ascontiguousarray(x)), int(self.targets[i]), i
 
 
@@ -161,46 +168,59 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 StepFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
-def fit(model: nn.Module, loader: DataLoader, step_fn: StepFn, *, epochs: int, lr: float, weight_decay: float,
-        warmup_epochs: int, val_windows: np.ndarray, val_targets: np.ndarray, positive: int, accelerator,
-        desc: str) -> tuple[nn.Module, list[dict]]:
-    """Generic loop: AdamW, warm-up then linear decay, best epoch by validation ROC-AUC.
+@dataclass(frozen=True)
+class Schedule:
+    """How one model trains: AdamW, a linear warm-up, then linear decay to zero."""
+
+    epochs: int
+    """Passes over the loader."""
+    lr: float
+    """Peak learning rate, reached at the end of the warm-up."""
+    weight_decay: float
+    """AdamW's decoupled weight decay."""
+    warmup_epochs: int
+    """Epochs of linear warm-up (at most all steps but one)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The validation windows on which the best epoch is chosen, by ROC-AUC of the positive class."""
+
+    windows: np.ndarray
+    """``[n, window_samples]`` float32, cut by the daemon's rule (:func:`evaluation_windows`)."""
+    targets: np.ndarray
+    """Class index of each window."""
+    positive: int
+    """Index of the positive class."""
+
+    def roc_auc(self, model: nn.Module, accelerator) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        probs = softmax(predict_logits(model, self.windows, accelerator=accelerator))
+        return float(roc_auc_score(self.targets == self.positive, probs[:, self.positive]))
+
+
+def fit(model: nn.Module, loader: DataLoader, step_fn: StepFn, schedule: Schedule, selection: Selection,
+        accelerator, desc: str) -> tuple[nn.Module, list[dict]]:
+    """Train by ``schedule``; keep the epoch ``selection`` scores best.
 
     Returns the best model (unwrapped, on the accelerator's device) and the per-epoch history, where
     every loss term returned by ``step_fn`` is averaged and logged.
     """
-    from sklearn.metrics import roc_auc_score
-    from tqdm import tqdm
-
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    total = epochs * len(loader)
+    opt = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    total = schedule.epochs * len(loader)
+    warmup = min(schedule.warmup_epochs * len(loader), total - 1)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: warmup_linear(step, warmup_steps=min(warmup_epochs * len(loader), total - 1),
-                                        total_steps=total))
+        opt, lambda step: warmup_linear(step, warmup_steps=warmup, total_steps=total))
     model, opt, loader, sched = accelerator.prepare(model, opt, loader, sched)
     history, best_auc, best_state = [], -1.0, None
-    for epoch in range(epochs):
-        model.train()
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not accelerator.is_local_main_process)
-        for x, y, idx in bar:
-            with accelerator.autocast():
-                terms = step_fn(model, x, y, idx)
-            accelerator.backward(terms["loss"])
-            accelerator.clip_grad_norm_(params, 5.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
+    for epoch in range(schedule.epochs):
+        terms = _train_epoch(model, loader, step_fn, opt, sched, params, accelerator,
+                             f"{desc} {epoch + 1}/{schedule.epochs}")
         unwrapped = accelerator.unwrap_model(model)
-        val_probs = softmax(predict_logits(unwrapped, val_windows, accelerator=accelerator))
-        val_auc = float(roc_auc_score(val_targets == positive, val_probs[:, positive]))
-        row = {"epoch": epoch + 1, **{k: v / len(loader) for k, v in sums.items()}, "val_auc": val_auc,
-               "lr": float(sched.get_last_lr()[0])}
+        val_auc = selection.roc_auc(unwrapped, accelerator)
+        row = {"epoch": epoch + 1, **terms, "val_auc": val_auc, "lr": float(sched.get_last_lr()[0])}
         history.append(row)
         log.info("%s epoch %d: %s", desc, epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if val_auc > best_auc:
@@ -208,6 +228,27 @@ def fit(model: nn.Module, loader: DataLoader, step_fn: StepFn, *, epochs: int, l
     best = accelerator.unwrap_model(model)
     best.load_state_dict(best_state)
     return best.eval(), history
+
+
+def _train_epoch(model, loader, step_fn: StepFn, opt, sched, params, accelerator, desc: str) -> dict[str, float]:
+    """One pass over ``loader``; each loss term ``step_fn`` returns, averaged over the batches."""
+    from tqdm import tqdm
+
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=desc, unit="batch", leave=False, disable=not accelerator.is_local_main_process)
+    for x, y, idx in bar:
+        with accelerator.autocast():
+            terms = step_fn(model, x, y, idx)
+        accelerator.backward(terms["loss"])
+        accelerator.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.set_postfix(loss=f"{float(terms['loss'].detach()):.3f}")
+    return {k: v / len(loader) for k, v in sums.items()}
 
 
 def ce_step(model, x, y, idx):
