@@ -305,9 +305,8 @@ def test_telephone_balance_leaves_the_channel_no_clue_to_the_class():
     import argparse
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    assert AugmentSettings().telephone_balance is True
-    assert from_args(parser.parse_args(["--data", "x", "--no-augment-telephone-balance"])).augment.telephone_balance \
-        is False
+    assert AugmentSettings().telephone_balance is False
+    assert from_args(parser.parse_args(["--data", "x", "--augment-telephone-balance"])).augment.telephone_balance
 
 
 def test_teacher_loads_from_a_local_save_pretrained_folder(tmp_path):

@@ -153,6 +153,8 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
         assert figure["diff"] in (0.0, None) and figure["share_of_resamples_a_better"] in (0.0, None), \
             "a detector ties itself"
     assert d["difference"]["sensitivity_at_10_per_hour"]["diff"] == 0.0
+    by_group = d["sensitivity_at_10_per_hour_by_group"]
+    assert sum(g["coughs"] for g in by_group.values()) == d["coughs"] and all(g["a"] == g["b"] for g in by_group.values())
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
     assert "cough sensitivity" in (tmp_path / "a" / "stream.md").read_text()

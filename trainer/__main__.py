@@ -32,7 +32,8 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
     elif args.compare_detector:
         result = stream.compare_detectors(cmd.stream, Path(m.detector), args.compare_detector, Path(m.classifier),
                                           cmd.onset)
-        _report({**result, "command": command}, result["difference"], out and out / "compare.json")
+        _report({**result, "command": command}, {k: v for k, v in result.items() if k.startswith("sensitivity")
+                                                  or k == "difference"}, out and out / "compare.json")
     else:
         result = stream.run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                                    detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,

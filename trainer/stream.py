@@ -529,7 +529,7 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     bootstrap intervals (:func:`trainer.metrics.paired_stream_difference`)."""
     from edge.inference import Model
 
-    from .metrics import paired_stream_difference
+    from .metrics import paired_stream_difference, sensitivity_at_false_rate
 
     s.validate()
     det_a, det_b, cls = Model(a), Model(b), Model(classifier)
@@ -539,11 +539,17 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     hours = stream.size / rate / 3600
-    diff = paired_stream_difference(detector_candidates(det_a, cls, stream, truth, onset),
-                                    detector_candidates(det_b, cls, stream, truth, onset), hours,
-                                    false_per_hour=s.max_false_per_hour, n=bootstrap, seed=s.seed)
-    return {"a": str(a), "b": str(b), "split": s.split, "coughs": sum(p.kind == "cough" for p in truth),
-            "hours": hours, "difference": diff, "settings": asdict(s)}
+    found = {"a": detector_candidates(det_a, cls, stream, truth, onset),
+             "b": detector_candidates(det_b, cls, stream, truth, onset)}
+    diff = paired_stream_difference(found["a"], found["b"], hours, false_per_hour=s.max_false_per_hour, n=bootstrap,
+                                    seed=s.seed)
+    groups = np.array([p.group or "(none)" for p in truth if p.kind == "cough"])
+    by_group = {str(g): {"coughs": int((groups == g).sum()), **{
+        k: sensitivity_at_false_rate(best[groups == g], background, hours, s.max_false_per_hour)
+        for k, (best, background) in found.items()}} for g in sorted(set(groups.tolist()))}
+    return {"a": str(a), "b": str(b), "split": s.split, "coughs": int(groups.size), "hours": hours,
+            "difference": diff, f"sensitivity_at_{s.max_false_per_hour:g}_per_hour_by_group": by_group,
+            "settings": asdict(s)}
 
 
 def plot_sweep(result: dict, path: Path) -> None:
