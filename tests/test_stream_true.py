@@ -184,18 +184,21 @@ def test_stream_metrics_on_hand_made_events():
               StreamEvent(21 * r, 0.9, 0.5)]                 # on the room
     m = score_stream(truth, events, 3600 * r, r, class_labels=("positive", "negative"), positive_label="positive",
                      levels=[10.0, 20.0])
+    ci = m["coughs"].pop("ci95")
     assert m["coughs"] == {"n": 3, "with_event": 2, "share": 2 / 3}
+    assert ci[0] < 2 / 3 < ci[1] and ci == pytest.approx([0.2077, 0.9385], abs=1e-3), "Wilson interval of 2 of 3"
     assert m["coughs_by_level"]["10"]["share"] == 1.0 and m["coughs_by_level"]["20"]["share"] == 0.5
     assert m["events_per_detected_cough"] == 1.5
     assert m["sounds_by_class"]["laughter"]["share"] == 1.0 and m["sounds_by_class"]["speech"]["share"] == 0.0
     assert m["background_events"] == 1 and m["background_events_per_hour"] == 1.0
     assert m["background_next_to_coughs"] == 0
-    assert m["coughs_by_group"] == {"app": {"n": 1, "with_event": 0, "share": 0.0},
-                                    "phone": {"n": 2, "with_event": 2, "share": 1.0}}
+    assert {g: {k: v for k, v in x.items() if k != "ci95"} for g, x in m["coughs_by_group"].items()} == \
+        {"app": {"n": 1, "with_event": 0, "share": 0.0}, "phone": {"n": 2, "with_event": 2, "share": 1.0}}
     assert m["onset_error_ms"]["median"] == pytest.approx((100 + 200) / 2)
     ev = m["classifier_on_events"]
     assert ev["events"] == 3 and ev["pooled"] == 1.0  # positive a (0.8) above both events of negative b
     assert ev["by_group"]["phone"]["roc_auc"] == 1.0 and ev["by_group"]["app"]["roc_auc"] is None
+    assert ev["by_group"]["app"]["roc_auc_ci95"] is None and ev["pooled_ci95"][1] == 1.0
 
 
 def test_background_events_are_split_by_whether_the_room_passed_the_telephone_band():

@@ -32,6 +32,16 @@ def binary_metrics(is_positive: np.ndarray, scores: np.ndarray, threshold: float
     return out
 
 
+def wilson_ci(k: int, n: int) -> list[float] | None:
+    """Wilson score 95% interval of the share ``k / n`` (scipy), or None for no trials."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
 def bootstrap_auc_ci(is_positive: np.ndarray, scores: np.ndarray, n: int, seed: int) -> list[float] | None:
     """Percentile 95% interval of ROC-AUC over ``n`` resamples (resamples with one class are skipped)."""
     from sklearn.metrics import roc_auc_score

@@ -337,8 +337,15 @@ def _background_by_band(truth: list[Placed], onsets: list[int], n_samples: int, 
 
 
 def _rate(pairs: list) -> dict:
+    """Share of placed sounds with an event, and its Wilson 95% interval (each placed recording one trial)."""
+    from .metrics import wilson_ci
+
     n, hit = len(pairs), sum(1 for _, h in pairs if h)
-    return {"n": n, "with_event": hit, "share": hit / n if n else None}
+    return {"n": n, "with_event": hit, "share": hit / n if n else None, "ci95": wilson_ci(hit, n)}
+
+
+AUC_BOOTSTRAP = 1000
+"""Resamples of the percentile 95% intervals of the classifier's ROC-AUC (seed 0: the same for every run)."""
 
 
 def _auc(labels: list[bool], scores: list[float]) -> float | None:
@@ -347,13 +354,24 @@ def _auc(labels: list[bool], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
 
 
+def _auc_figures(labels: list[bool], scores: list[float], seed: int = 0) -> dict:
+    """ROC-AUC and its bootstrap 95% interval (None where one class is missing)."""
+    from .metrics import bootstrap_auc_ci
+
+    auc = _auc(labels, scores)
+    ci = bootstrap_auc_ci(np.array(labels, dtype=bool), np.array(scores, dtype=float), AUC_BOOTSTRAP, seed) \
+        if auc is not None else None
+    return {"roc_auc": auc, "roc_auc_ci95": ci}
+
+
 def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> dict:
     """ROC-AUC of the classifier on every event it published on a cough whose recording carries a label."""
     rows = [(p.cls == positive_label, events[i].positive_score, p.group) for p, h in coughs for i in h]
-    out = {"events": len(rows), "pooled": _auc([r[0] for r in rows], [r[1] for r in rows]), "by_group": {}}
+    pooled = _auc_figures([r[0] for r in rows], [r[1] for r in rows])
+    out = {"events": len(rows), "pooled": pooled["roc_auc"], "pooled_ci95": pooled["roc_auc_ci95"], "by_group": {}}
     for g in sorted({p.group for p, _ in coughs}):
         sub = [r for r in rows if r[2] == g]
-        out["by_group"][g] = {"events": len(sub), "roc_auc": _auc([r[0] for r in sub], [r[1] for r in sub])}
+        out["by_group"][g] = {"events": len(sub), **_auc_figures([r[0] for r in sub], [r[1] for r in sub])}
     return out
 
 
@@ -392,10 +410,12 @@ def clip_level(classifier, coughs: list[D.Clip], room: list[D.Clip], s: StreamSe
     scores = scores[:, info.positive_index]
     is_pos = ws.targets == info.positive_index
     values = np.array([labelled[i].column(group_by) if group_by else "" for i in ws.clip])
-    out = {"windows": int(len(ws.windows)), "pooled": _auc(list(is_pos), list(scores)), "by_group": {}}
+    pooled = _auc_figures(list(is_pos), list(scores))
+    out = {"windows": int(len(ws.windows)), "pooled": pooled["roc_auc"], "pooled_ci95": pooled["roc_auc_ci95"],
+           "by_group": {}}
     for g in sorted(set(values)):
         m = values == g
-        out["by_group"][g] = {"windows": int(m.sum()), "roc_auc": _auc(list(is_pos[m]), list(scores[m]))}
+        out["by_group"][g] = {"windows": int(m.sum()), **_auc_figures(list(is_pos[m]), list(scores[m]))}
     return out
 
 
@@ -597,16 +617,28 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _ci(interval) -> str:
+    return "" if not interval else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def _auc_cell(figures: dict) -> str:
+    return _pct(figures.get("roc_auc")) + _ci(figures.get("roc_auc_ci95"))
+
+
 def markdown(result: dict) -> list[str]:
     """The benchmark as README/report lines."""
     c, lv = result["coughs"], result["coughs_by_level"]
     lines = ["| cough sensitivity | " + " | ".join(f"{k} dB" for k in lv) + " | events per detected cough "
              "| non-cough sounds with an event | background events per hour | median onset error |",
              "|---" * (len(lv) + 5) + "|",
-             f"| {_pct(c['share'])} ({c['with_event']}/{c['n']}) | " + " | ".join(_pct(v["share"]) for v in lv.values())
+             f"| {_pct(c['share'])} ({c['with_event']}/{c['n']}){_ci(c.get('ci95'))} | "
+             + " | ".join(_pct(v["share"]) for v in lv.values())
              + f" | {_pct(result['events_per_detected_cough'])} | {_pct(result['sounds']['share'])} "
              f"({result['sounds']['with_event']}/{result['sounds']['n']}) | {result['background_events_per_hour']:.1f} "
              f"| {(result['onset_error_ms'] or {}).get('median', float('nan')):.0f} ms |", ""]
+    if c.get("ci95"):
+        lines += ["95% intervals (Wilson; each placed cough one trial) by level: " + ", ".join(
+            f"{k} dB{_ci(v.get('ci95'))}" for k, v in lv.items()) + ".", ""]
     if result.get("coughs_by_group"):
         lines += ["Cough sensitivity by group: " + ", ".join(
             f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["coughs_by_group"].items()), ""]
@@ -630,10 +662,12 @@ def markdown(result: dict) -> list[str]:
     if ev:
         groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
         lines += ["| classifier ROC-AUC | pooled | " + " | ".join(groups) + " |", "|---" * (len(groups) + 2) + "|",
-                  f"| on published events ({ev['events']}) | {_pct(ev['pooled'])} | "
-                  + " | ".join(_pct(ev["by_group"].get(g, {}).get("roc_auc")) for g in groups) + " |",
-                  f"| clip level, same recordings, every onset window ({cl.get('windows', 0)}) | {_pct(cl.get('pooled'))} | "
-                  + " | ".join(_pct(cl.get("by_group", {}).get(g, {}).get("roc_auc")) for g in groups) + " |", ""]
+                  f"| on published events ({ev['events']}) | {_pct(ev['pooled'])}{_ci(ev.get('pooled_ci95'))} | "
+                  + " | ".join(_auc_cell(ev["by_group"].get(g, {})) for g in groups) + " |",
+                  f"| clip level, same recordings, every onset window ({cl.get('windows', 0)}) | "
+                  f"{_pct(cl.get('pooled'))}{_ci(cl.get('pooled_ci95'))} | "
+                  + " | ".join(_auc_cell(cl.get("by_group", {}).get(g, {})) for g in groups) + " |",
+                  "", "(95% bootstrap intervals in brackets.)", ""]
     lines.append(f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
                  f"{result['real_time_factor']:.4f} (this machine, one process).")
     return lines
