@@ -154,6 +154,31 @@ def test_stream_builder_places_sounds_at_known_times_and_levels_deterministicall
     assert onsets == sorted(onsets) and min(np.diff(onsets)) >= RATE
 
 
+def test_repeated_coughs_are_heard_at_every_level_and_their_interval_counts_recordings():
+    from trainer.stream import build_stream, score_stream
+
+    coughs, sounds = _clips(DATA / "covid-sample", 4), _clips(DATA / "room-sample")
+    once = [p for p in build_stream(coughs, sounds, _stream_settings(), RATE, "source")[1] if p.kind == "cough"]
+    s = _stream_settings(levels_db="10,20,30", repeats=3)
+    stream, truth, _ = build_stream(coughs, sounds, s, RATE, "source")
+    placed = [p for p in truth if p.kind == "cough"]
+    assert len(placed) == 3 * len(once) == 12
+    for path in {p.path for p in placed}:
+        assert sorted(p.level_db for p in placed if p.path == path) == [10.0, 20.0, 30.0]
+    assert len([p for p in truth if p.kind == "sound"]) == len(
+        [p for p in build_stream(coughs, sounds, _stream_settings(), RATE, "source")[1] if p.kind == "sound"])
+    # every placement of two recordings heard, none of the other two: 6 of 12, but only 4 recordings decide
+    heard = {placed[0].path, next(p.path for p in placed if p.path != placed[0].path)}
+    from trainer.stream import StreamEvent
+    events = [StreamEvent(p.onset, 0.9, 0.5) for p in placed if p.path in heard]
+    m = score_stream(truth, events, stream.size, RATE, levels=s.levels)
+    assert m["coughs"]["share"] == 0.5 and all(v["n"] == 4 for v in m["coughs_by_level"].values())
+    lo, hi = m["coughs"]["ci95"]
+    assert lo == 0.0 and hi == 1.0, "4 recordings, all or nothing each: the interval is as wide as 4 trials make it"
+    with pytest.raises(ValueError, match="stream.repeats = 0 must be in 1..100"):
+        _stream_settings(repeats=0).validate()
+
+
 def test_stream_room_keeps_to_its_labels_and_sounds_are_named_by_their_class_column():
     from trainer.stream import build_stream
 

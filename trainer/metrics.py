@@ -42,6 +42,22 @@ def wilson_ci(k: int, n: int) -> list[float] | None:
     return [float(ci.low), float(ci.high)]
 
 
+def cluster_share_ci(hits: list[bool], clusters: list[str], n: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile 95% interval of the share of ``hits`` when the trials come in ``clusters`` (e.g. one recording
+    placed several times): each resample draws whole clusters."""
+    if not hits:
+        return None
+    keys = sorted(set(clusters))
+    index = {k: i for i, k in enumerate(keys)}
+    trials, wins = np.zeros(len(keys)), np.zeros(len(keys))
+    for hit, c in zip(hits, clusters):
+        trials[index[c]] += 1
+        wins[index[c]] += hit
+    draws = np.random.default_rng(seed).integers(0, len(keys), (n, len(keys)))
+    shares = wins[draws].sum(1) / trials[draws].sum(1)
+    return [float(np.percentile(shares, 2.5)), float(np.percentile(shares, 97.5))]
+
+
 def bootstrap_auc_ci(is_positive: np.ndarray, scores: np.ndarray, n: int, seed: int) -> list[float] | None:
     """Percentile 95% interval of ROC-AUC over ``n`` resamples (resamples with one class are skipped)."""
     from sklearn.metrics import roc_auc_score

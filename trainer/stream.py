@@ -88,6 +88,10 @@ class StreamSettings:
     room_labels: str = ""
     """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
     only, while effects and laughter are placed as sounds."""
+    repeats: int = 1
+    """Place each held-out cough this many times, at successive levels of ``levels_db`` (each at another level while
+    ``repeats`` is at most their number): every level then hears the same recordings, and the figures by level
+    differ by level alone. Non-cough sounds are placed once."""
     max_false_per_hour: float = 10.0
     """With ``--choose-detector-threshold``: the most background events per hour the chosen threshold may raise."""
 
@@ -104,6 +108,8 @@ class StreamSettings:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
         if not 0 <= self.synthetic_per_kind <= 10_000:
             raise ValueError(f"stream.synthetic_per_kind = {self.synthetic_per_kind} must be in 0..10000")
+        if not 1 <= self.repeats <= 100:
+            raise ValueError(f"stream.repeats = {self.repeats} must be in 1..100")
         if not 0 < self.room_share < 1:
             raise ValueError(f"stream.room_share = {self.room_share} must be in (0, 1)")
         try:
@@ -172,6 +178,8 @@ def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
 class Item:
     clip: D.Clip
     kind: str
+    level_db: float | None = None
+    """Its level over the room, where fixed in advance (a repeated cough); None: the next of the cycle."""
 
 
 def held_out(manifests: str, labels: str, s: StreamSettings, sample_rate: int, exclude: set[str] = frozenset()):
@@ -198,7 +206,7 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     from .synthetic import synthetic_clips
 
     synthetic = synthetic_clips(s.synthetic_per_kind, sample_rate, s.seed, s.split)
-    items = [Item(c, "cough") for c in coughs] + [Item(c, "sound") for c in placed_sounds + synthetic]
+    items = _cough_items(coughs, s) + [Item(c, "sound") for c in placed_sounds + synthetic]
     items = [items[i] for i in rng.permutation(len(items))]
     level_of = {kind: iter(s.levels * (len(items) // len(s.levels) + 1)) for kind in ("cough", "sound")}
     excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
@@ -209,7 +217,8 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         excerpts.append((t, item.clip.audio[a:b].copy()))
         cls = _class_of(item, s.sound_class_by)
         truth.append(Placed(item.kind, cls, item.clip.column(group_by) if group_by else "",
-                            str(item.clip.path), next(level_of[item.kind]), t + lo - a, t + hi - a,
+                            str(item.clip.path),
+                            next(level_of[item.kind]) if item.level_db is None else item.level_db, t + lo - a, t + hi - a,
                             is_telephone(item.clip)))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
@@ -221,6 +230,15 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
         stream[start: start + audio.size] += audio * np.float32(gain)
     return np.clip(stream, -1.0, 1.0), truth, room
+
+
+def _cough_items(coughs: list[D.Clip], s: StreamSettings) -> list[Item]:
+    """Each cough once, its level the next of the cycle; with ``s.repeats`` > 1, each ``repeats`` times at successive
+    levels (cough ``i``'s copy ``j`` at level ``i + j`` of the cycle), so every level hears the same recordings."""
+    if s.repeats == 1:
+        return [Item(c, "cough") for c in coughs]
+    levels = s.levels
+    return [Item(c, "cough", levels[(i + j) % len(levels)]) for i, c in enumerate(coughs) for j in range(s.repeats)]
 
 
 def _class_of(item: Item, column: str) -> str:
@@ -337,11 +355,14 @@ def _background_by_band(truth: list[Placed], onsets: list[int], n_samples: int, 
 
 
 def _rate(pairs: list) -> dict:
-    """Share of placed sounds with an event, and its Wilson 95% interval (each placed recording one trial)."""
-    from .metrics import wilson_ci
+    """Share of placed sounds with an event, and its 95% interval: Wilson where each recording is placed once (one
+    trial each), else a bootstrap over recordings (the placements of one recording are not independent)."""
+    from .metrics import cluster_share_ci, wilson_ci
 
     n, hit = len(pairs), sum(1 for _, h in pairs if h)
-    return {"n": n, "with_event": hit, "share": hit / n if n else None, "ci95": wilson_ci(hit, n)}
+    paths = [p.path for p, _ in pairs]
+    ci = wilson_ci(hit, n) if len(set(paths)) == n else cluster_share_ci([bool(h) for _, h in pairs], paths)
+    return {"n": n, "with_event": hit, "share": hit / n if n else None, "ci95": ci}
 
 
 AUC_BOOTSTRAP = 1000
@@ -552,6 +573,9 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     from .metrics import paired_stream_difference, sensitivity_at_false_rate
 
     s.validate()
+    if s.repeats != 1:
+        raise ValueError(f"stream.repeats = {s.repeats}: the paired bootstrap draws placed coughs as independent, so "
+                         "compare detectors on a stream that places each cough once (--stream-repeats 1)")
     det_a, det_b, cls = Model(a), Model(b), Model(classifier)
     if det_a.info.sample_rate != det_b.info.sample_rate:
         raise ValueError(f"{a} and {b} hear different sample rates; compare detectors of one rate")
@@ -637,7 +661,8 @@ def markdown(result: dict) -> list[str]:
              f"({result['sounds']['with_event']}/{result['sounds']['n']}) | {result['background_events_per_hour']:.1f} "
              f"| {(result['onset_error_ms'] or {}).get('median', float('nan')):.0f} ms |", ""]
     if c.get("ci95"):
-        lines += ["95% intervals (Wilson; each placed cough one trial) by level: " + ", ".join(
+        lines += ["95% intervals (Wilson, each recording one trial; a bootstrap over recordings where they are placed "
+                  "more than once) by level: " + ", ".join(
             f"{k} dB{_ci(v.get('ci95'))}" for k, v in lv.items()) + ".", ""]
     if result.get("coughs_by_group"):
         lines += ["Cough sensitivity by group: " + ", ".join(
