@@ -237,6 +237,8 @@ def test_background_events_are_split_by_whether_the_room_passed_the_telephone_ba
               StreamEvent(50 * r, 0.9, 0.5)]
     m = score_stream(truth, events, 3600 * r, r)
     assert m["background_next_to_coughs"] == 2, "0.5 s after one cough and 1 s before the other"
+    near_s = 2 * (1 + 1 + 1)  # each cough's 1 s span widened by 1 s on both sides
+    assert m["background_away_from_coughs_per_hour"] == pytest.approx(1 / ((3600 - near_s) / 3600))
     band = m["background_by_band"]
     assert band["telephone"]["events"] == 1 and band["telephone"]["hours"] == pytest.approx(3 / 3600)
     assert band["wideband"]["events"] == 2 and band["wideband"]["per_hour"] == pytest.approx(2 / (1 - 3 / 3600))

@@ -321,6 +321,7 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "background_events": int((~matched).sum()),
         "background_events_per_hour": float((~matched).sum() / hours) if hours else None,
         "background_next_to_coughs": _next_to_coughs(truth, background, sample_rate),
+        "background_away_from_coughs_per_hour": _away_from_coughs_per_hour(truth, background, n_samples, sample_rate),
         "background_by_band": _background_by_band(truth, background, n_samples, sample_rate),
         "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
     }
@@ -335,6 +336,20 @@ def _next_to_coughs(truth: list[Placed], onsets: list[int], sample_rate: int) ->
     the cough off its place, so a detector that answers for any cough in its window fires on it."""
     reach = round(NEXT_TO_S * sample_rate)
     return _within(onsets, [(p.onset - reach, p.end + reach) for p in truth if p.kind == "cough"])
+
+
+def _away_from_coughs_per_hour(truth: list[Placed], onsets: list[int], n_samples: int, sample_rate: int
+                               ) -> float | None:
+    """Background events per hour of the stream farther than ``NEXT_TO_S`` from every placed cough: the room's own
+    false alarms, which do not grow with how densely the stream is filled with coughs."""
+    reach = round(NEXT_TO_S * sample_rate)
+    near = np.zeros(n_samples, dtype=bool)
+    for p in truth:
+        if p.kind == "cough":
+            near[max(0, p.onset - reach): p.end + reach] = True
+    hours = (n_samples - int(near.sum())) / sample_rate / 3600
+    away = len(onsets) - _next_to_coughs(truth, onsets, sample_rate)
+    return away / hours if hours > 0 else None
 
 
 def _within(onsets: list[int], spans: list[tuple[int, int]]) -> int:
@@ -641,6 +656,10 @@ def _pct(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _per_hour(x) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
 def _ci(interval) -> str:
     return "" if not interval else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
 
@@ -671,7 +690,9 @@ def markdown(result: dict) -> list[str]:
         f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["sounds_by_class"].items()), ""]
     if result.get("background_next_to_coughs") is not None:
         lines += [f"Background events within {NEXT_TO_S:g} s of a placed cough (its window held the cough off its "
-                  f"place): {result['background_next_to_coughs']} of {result['background_events']}.", ""]
+                  f"place): {result['background_next_to_coughs']} of {result['background_events']}; farther from every "
+                  f"cough, {_per_hour(result.get('background_away_from_coughs_per_hour'))} an hour of the stream "
+                  "there.", ""]
     band = result.get("background_by_band")
     if band and band["telephone"]["hours"]:
         lines += [f"Background events per hour where the room passes the telephone band ({TELEPHONE_MARGIN_S:g} s "
