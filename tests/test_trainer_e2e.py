@@ -163,3 +163,5 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert "trainer stream --out names a folder" in capsys.readouterr().err
     assert main(["stream", "--stream-coughs", "x", "--stream-sounds", "y", "--stream-split", "train"]) == 2
     assert "stream.split = 'train' must be test or val" in capsys.readouterr().err
+    assert main([*args, "--stream-channel", "telephone"]) == 2, "the sample's manifest names no telephone recording"
+    assert "no telephone cough recordings in the test split" in capsys.readouterr().err

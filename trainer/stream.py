@@ -49,6 +49,10 @@ NEXT_TO_S = 1.0
 """A background event this close to a placed cough's span, in seconds, is counted as next to it."""
 
 
+CHANNELS = ("all", "wideband", "telephone")
+"""Values of ``stream.channel``."""
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     coughs: str = ""
@@ -88,6 +92,9 @@ class StreamSettings:
     room_labels: str = ""
     """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
     only, while effects and laughter are placed as sounds."""
+    channel: str = "all"
+    """Which cough recordings are placed: ``all``; ``wideband`` (none that came through a telephone: what a
+    microphone hears, and the room never passes the telephone band); or ``telephone`` only."""
     repeats: int = 1
     """Place each held-out cough this many times, at successive levels of ``levels_db`` (each at another level while
     ``repeats`` is at most their number): every level then hears the same recordings, and the figures by level
@@ -108,6 +115,8 @@ class StreamSettings:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
         if not 0 <= self.synthetic_per_kind <= 10_000:
             raise ValueError(f"stream.synthetic_per_kind = {self.synthetic_per_kind} must be in 0..10000")
+        if self.channel not in CHANNELS:
+            raise ValueError(f"stream.channel = {self.channel!r} must be one of {', '.join(CHANNELS)}")
         if not 1 <= self.repeats <= 100:
             raise ValueError(f"stream.repeats = {self.repeats} must be in 1..100")
         if not 0 < self.room_share < 1:
@@ -632,10 +641,13 @@ def plot_sweep(result: dict, path: Path) -> None:
 
 
 def _held_out_audio(s: StreamSettings, rate: int) -> tuple[list[D.Clip], list[D.Clip]]:
-    """The held-out coughs and other sounds of ``s.split``, decoded at ``rate``."""
+    """The held-out coughs (of ``s.channel``) and other sounds of ``s.split``, decoded at ``rate``."""
     cough_labels = {x for x in s.cough_labels.split(",") if x}
-    return (held_out(s.coughs, s.cough_labels, s, rate),
-            held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels))
+    coughs = [c for c in held_out(s.coughs, s.cough_labels, s, rate)
+              if s.channel == "all" or is_telephone(c) == (s.channel == "telephone")]
+    if not coughs:
+        raise D.ManifestError(f"no {s.channel} cough recordings in the {s.split} split")
+    return coughs, held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels)
 
 
 def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:
