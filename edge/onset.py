@@ -60,6 +60,11 @@ class OnsetSettings:
     supersede_margin: float = 0.05
     """How much higher (cough score, 0-1) the later sound must score; the coughs of a bout score alike and stay
     separate events."""
+    supersede_louder_db: float = 10.0
+    """An accepted sound also yields to a sound accepted less than ``supersede_ms`` after its onset whose band peak is
+    at least this many dB louder, however the two score: a quiet room sound whose window held a cough off its place
+    often scores as high as the cough itself. The coughs of a bout come within a few dB of each other and stay
+    separate events. 0 = off (score alone decides)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,6 +88,8 @@ class OnsetSettings:
             raise ValueError(f"supersede_ms = {self.supersede_ms} must be in [0, 2000] ms")
         if not 0 <= self.supersede_margin < 1:
             raise ValueError(f"supersede_margin = {self.supersede_margin} must be in [0, 1)")
+        if not 0 <= self.supersede_louder_db <= 60:
+            raise ValueError(f"supersede_louder_db = {self.supersede_louder_db} must be in [0, 60] dB")
         for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory

@@ -80,6 +80,7 @@ class Pipeline:
         self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
         self._held: list[CoughEvent] = []  # accepted, not yet published: a better sound may still supersede them
+        self._peak: dict[str, float] = {}  # band peak (dBFS) of each held event's sound, by event id
         self.counters = Counters()
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
@@ -173,20 +174,29 @@ class Pipeline:
         for sound in self._pending:
             if final or sound.onset + self._after <= end:
                 if not self._continues_cough(sound):
-                    self._hold(self._accept(sound, self._score(sound)))
+                    self._hold(self._accept(sound, self._score(sound)), sound.peak_dbfs)
             else:
                 keep.append(sound)
         self._pending = keep
 
-    def _hold(self, event: CoughEvent | None) -> None:
-        """Keep an accepted sound's event back; earlier ones it clearly outscores within ``supersede_ms`` yield."""
+    def _hold(self, event: CoughEvent | None, peak_dbfs: float) -> None:
+        """Keep an accepted sound's event back; earlier ones within ``supersede_ms`` that it clearly outscores (or,
+        with ``supersede_louder_db``, is that much louder than) yield."""
         if event is None:
             return
-        margin = self.onset.s.supersede_margin
         beaten = [h for h in self._held if event.onset_sample - h.onset_sample < self._supersede
-                  and event.cough_score > h.cough_score + margin]
+                  and self._beats(event.cough_score, peak_dbfs, h)]
         self.counters.superseded += len(beaten)
+        for b in beaten:
+            self._peak.pop(b.event_id, None)
         self._held = [h for h in self._held if all(h is not b for b in beaten)] + [event]
+        self._peak[event.event_id] = peak_dbfs
+
+    def _beats(self, cough_score: float, peak_dbfs: float, held: CoughEvent) -> bool:
+        """A later accepted sound (its score and band peak) takes ``held``'s place."""
+        s = self.onset.s
+        louder = s.supersede_louder_db > 0 and peak_dbfs >= self._peak[held.event_id] + s.supersede_louder_db
+        return cough_score > held.cough_score + s.supersede_margin or louder
 
     def _release(self, final: bool, t_complete: float) -> list[CoughEvent]:
         """Publish held events that no sound still to be classified can supersede. ``t_complete``: when the chunk
@@ -195,6 +205,8 @@ class Pipeline:
         settled = [final or h.onset_sample + self._supersede <= horizon for h in self._held]
         ready = [h for h, done in zip(self._held, settled) if done]
         self._held = [h for h, done in zip(self._held, settled) if not done]
+        for h in ready:
+            self._peak.pop(h.event_id, None)
         out = []
         for held in ready:
             event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
@@ -217,10 +229,11 @@ class Pipeline:
         held = next((h for h in self._held if h.onset_sample == onset), None) if self._supersede else None
         if held is not None:
             score = self._score(sound)
-            if score >= self.detector_threshold and score > held.cough_score + self.onset.s.supersede_margin:
+            if score >= self.detector_threshold and self._beats(score, sound.peak_dbfs, held):
                 self._held.remove(held)
+                self._peak.pop(held.event_id, None)
                 self.counters.superseded += 1
-                self._hold(self._accept(sound, score))
+                self._hold(self._accept(sound, score), sound.peak_dbfs)
                 return True
         self._cough = (onset, max(chain_end, sound.offset))
         self.counters.merged += 1

@@ -575,6 +575,29 @@ def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_su
     assert c.sounds == len(spec) == c.events + c.superseded + c.merged and c.rejected == 0
 
 
+@pytest.mark.parametrize("chunk", [160, 1600, 7000])
+@pytest.mark.parametrize("spec, louder_db, want", [
+    ([(2.0, 0.02), (2.4, 0.4)], 10.0, [2.4]),      # a quiet room sound before a cough, both scored alike: it yields
+    ([(2.0, 0.02), (2.4, 0.4)], 0.0, [2.0, 2.4]),  # ... unless loudness is not asked
+    ([(2.0, 0.3), (2.5, 0.4)], 10.0, [2.0, 2.5]),  # the coughs of a bout, 2.5 dB apart: both stay
+    ([(2.0, 0.02), (2.7, 0.4)], 10.0, [2.0, 2.7]), # a louder sound 0.7 s later is another event
+])
+def test_an_accepted_sound_yields_to_a_much_louder_one_however_they_score(chunk, spec, louder_db, want):
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio = _sounds_at(spec)
+    settings = OnsetSettings(supersede_louder_db=louder_db)
+    pipe = Pipeline(_RecordingModel("det", 16000, 4000, [0.95, 0.05]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
+                    "dev", onset=OnsetDetector(16000, settings), synced=True)
+    published = []
+    for start in range(0, audio.size, chunk):
+        published += pipe.feed(audio[start:start + chunk])
+    published += pipe.flush()
+    assert [round(e.onset_sample / 16000, 1) for e in published] == want
+    assert pipe.counters.superseded == len(spec) - len(want)
+
+
 def test_supersede_settings_are_bounded():
     from edge.onset import OnsetSettings
 
@@ -582,6 +605,8 @@ def test_supersede_settings_are_bounded():
         OnsetSettings(supersede_ms=2500.0)
     with pytest.raises(ValueError, match="supersede_margin = 1.0 must be in \\[0, 1\\)"):
         OnsetSettings(supersede_margin=1.0)
+    with pytest.raises(ValueError, match="supersede_louder_db = -1.0 must be in \\[0, 60\\] dB"):
+        OnsetSettings(supersede_louder_db=-1.0)
 
 
 def test_merge_gap_is_bounded():
@@ -598,7 +623,9 @@ def test_merge_gap_is_bounded():
 @pytest.mark.parametrize("rise_after_ms, events", [(256, 1), (512, 2)])  # on 16 ms frame edges
 def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(rise_after_ms, events):
     """The onset detector re-triggers on a sudden rise inside a sound (no pause): 256 ms after the cough's onset
-    that is its voiced phase, 512 ms after it the bout's next cough."""
+    that is its voiced phase, 512 ms after it the bout's next cough (the rise is 18 dB: loudness alone does not
+    decide here, ``supersede_louder_db`` off; with it the quiet first sound would yield to the loud one)."""
+    from edge.onset import OnsetDetector, OnsetSettings
     from edge.pipeline import Pipeline
 
     rng = np.random.default_rng(6)
@@ -608,7 +635,7 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     audio[rise:rise + 4800] += (0.4 * rng.standard_normal(4800)).astype(np.float32)
     got = []
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
-                    "dev", synced=True)
+                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_louder_db=0.0)), synced=True)
     for start in range(0, audio.size, 1600):
         got += pipe.feed(audio[start:start + 1600])
     got += pipe.flush()
