@@ -57,6 +57,22 @@ def test_distill_writes_a_complete_run(run):
     for split, *_rest, sha in splits:
         by_split.setdefault(split, set()).add(sha)
     assert not (by_split["train"] & by_split["test"] or by_split["val"] & by_split["test"])
+    assert "now carries" not in md
+
+
+def test_a_threshold_written_after_export_is_named_in_the_report(run, tmp_path):
+    import shutil
+
+    from trainer.export import set_threshold
+    from trainer.report import refresh_documents
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    set_threshold(copy / "student.int8.onnx", 0.123)  # as `trainer stream --choose-detector-threshold` does
+    refresh_documents(copy)
+    for doc in ("report.md", "MODEL_CARD.md"):
+        text = (copy / doc).read_text()
+        assert "`student.int8.onnx` now carries threshold 0.123" in text and "`student.onnx` now carries" not in text
 
 
 @pytest.mark.slow

@@ -125,7 +125,7 @@ def write_report_md(out: Path, report: dict) -> None:
           *stream_section(out), *windows_note(report),
           "## Held-out test metrics (onset windows)", "",
           "Thresholds were chosen on the validation split (Youden's J); each ONNX file is scored at the threshold "
-          "it carries.", "",
+          "it carried when it was exported.", "", *rethresholded_note(out, report),
           *metrics_table(report["results"]), "",
           f"Distillation loss on test (alpha·T²·KL + (1-alpha)·CE): {kd.get('loss', float('nan')):.4f} "
           f"(KL {kd.get('kl', float('nan')):.4f}, CE {kd.get('ce', float('nan')):.4f}).", "",
@@ -159,6 +159,24 @@ def windows_note(report: dict) -> list[str]:
             f"heard in a `{pad}` scene (`trainer/context.py`). Windows per split: "
             + ", ".join(f"{k} {v['windows']} ({v['recordings_without_onset']} recordings without any onset)"
                         for k, v in w.items()) + ".", ""]
+
+
+def rethresholded_note(out: Path, report: dict) -> list[str]:
+    """Where `trainer stream --choose-detector-threshold` later wrote another threshold into an exported file: say
+    which it carries now (the stream figures use it; the window table above does not)."""
+    from edge.inference import Model
+
+    lines = []
+    for name, result in report["results"].items():
+        path, then = out / name, result.get("pooled", {}).get("threshold")
+        if not name.endswith(".onnx") or not path.is_file() or then is None:
+            continue
+        now = Model(path).info.threshold
+        if abs(now - then) > 5e-4:
+            lines.append(f"`{name}` now carries threshold {now:.3g}, chosen on the validation stream "
+                         f"(`threshold-sweep.json`); the table scores it at {then:.3g}, the one it carried at "
+                         "export, and the stream figures above at the one it carries now.")
+    return lines + [""] if lines else []
 
 
 def refresh_documents(out: Path) -> None:
@@ -282,7 +300,8 @@ def write_model_card(out: Path, report: dict) -> None:
             f"Splits are deduplicated by content hash, group-disjoint and stable (a hash of the seed and the group decides "
             f"each group's split): `{json.dumps(report['splits'])}`.",
             "", *stream_section(out), *windows_note(report),
-            "## Held-out test metrics (onset windows)", "", *metrics_table(report["results"]), "",
+            "## Held-out test metrics (onset windows)", "", *rethresholded_note(out, report),
+            *metrics_table(report["results"]), "",
             "Intervals are 95% bootstrap intervals over test clips. These figures are from one split of a small "
             "corpus; expect lower numbers on other microphones, rooms and populations.", "",
             *baselines_section(report),
