@@ -181,6 +181,32 @@ def test_repeated_coughs_are_heard_at_every_level_and_their_interval_counts_reco
         _stream_settings(channel="radio").validate()
 
 
+def test_bouts_place_the_next_cough_a_pause_after_the_first_and_are_scored_apart():
+    from trainer.stream import BOUT_PAUSE_S, StreamEvent, build_stream, score_stream
+
+    coughs, sounds = _clips(DATA / "covid-sample", 8), _clips(DATA / "room-sample")
+    s = _stream_settings(bout_share=0.5)
+    stream, truth, _ = build_stream(coughs, sounds, s, RATE, "source")
+    assert truth == build_stream(coughs, sounds, s, RATE, "source")[1], "deterministic by seed"
+    nxt = [k for k, p in enumerate(truth) if p.follows]
+    assert nxt and sum(p.kind == "cough" for p in truth) == 8
+    for k in nxt:
+        lead, follow = truth[k - 1], truth[k]
+        assert lead.kind == follow.kind == "cough" and not lead.follows and lead.level_db == follow.level_db
+        assert BOUT_PAUSE_S[0] * RATE <= follow.onset - lead.end <= BOUT_PAUSE_S[1] * RATE
+    # one event at each cough's onset: every cough heard once, the spans overlap but no event counts twice
+    m = score_stream(truth, [StreamEvent(p.onset, 0.9, 0.5) for p in truth if p.kind == "cough"], stream.size, RATE)
+    assert m["coughs"]["share"] == 1.0 and m["events_per_detected_cough"] == 1.0 and m["background_events"] == 0
+    assert m["coughs_in_bouts"]["first"]["share"] == m["coughs_in_bouts"]["next"]["share"] == 1.0
+    # the bout heard as one event, at its first cough: the next cough is missed, not double counted
+    firsts = [StreamEvent(p.onset, 0.9, 0.5) for k, p in enumerate(truth) if p.kind == "cough" and not p.follows]
+    m = score_stream(truth, firsts, stream.size, RATE)
+    assert m["coughs_in_bouts"]["next"]["share"] == 0.0 and m["coughs_in_bouts"]["first"]["share"] == 1.0
+    assert "coughs_in_bouts" not in score_stream(truth[:nxt[0]], [], stream.size, RATE)
+    with pytest.raises(ValueError, match="stream.bout_share = 0.8 must be in \\[0, 0.5\\]"):
+        _stream_settings(bout_share=0.8).validate()
+
+
 def test_stream_room_keeps_to_its_labels_and_sounds_are_named_by_their_class_column():
     from trainer.stream import build_stream
 

@@ -45,6 +45,8 @@ EVENT_MAX_S = 1.5
 """An event is cut at this length."""
 TELEPHONE_MARGIN_S = 1.0
 """Room heard through the telephone band before and after a telephone recording, in seconds."""
+BOUT_PAUSE_S = (0.1, 0.3)
+"""Range of the pause, in seconds, between the end of a bout's cough and the onset of the next (an inhalation)."""
 NEXT_TO_S = 1.0
 """A background event this close to a placed cough's span, in seconds, is counted as next to it."""
 
@@ -92,6 +94,9 @@ class StreamSettings:
     room_labels: str = ""
     """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
     only, while effects and laughter are placed as sounds."""
+    bout_share: float = 0.0
+    """Share of the placed coughs that follow another as the next cough of a bout: right after its leader (a cough
+    of the same channel placed on its own), after a pause drawn in ``BOUT_PAUSE_S``, at the leader's level."""
     channel: str = "all"
     """Which cough recordings are placed: ``all``; ``wideband`` (none that came through a telephone: what a
     microphone hears, and the room never passes the telephone band); or ``telephone`` only."""
@@ -115,6 +120,8 @@ class StreamSettings:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
         if not 0 <= self.synthetic_per_kind <= 10_000:
             raise ValueError(f"stream.synthetic_per_kind = {self.synthetic_per_kind} must be in 0..10000")
+        if not 0 <= self.bout_share <= 0.5:
+            raise ValueError(f"stream.bout_share = {self.bout_share} must be in [0, 0.5] (a follower needs a leader)")
         if self.channel not in CHANNELS:
             raise ValueError(f"stream.channel = {self.channel!r} must be one of {', '.join(CHANNELS)}")
         if not 1 <= self.repeats <= 100:
@@ -153,6 +160,8 @@ class Placed:
     """First sample after it."""
     telephone: bool = False
     """A telephone recording: the room around it, ``TELEPHONE_MARGIN_S`` either side, passes the telephone band."""
+    follows: bool = False
+    """The next cough of a bout: it starts ``BOUT_PAUSE_S`` after the end of the cough placed before it."""
 
 
 def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
@@ -189,6 +198,8 @@ class Item:
     kind: str
     level_db: float | None = None
     """Its level over the room, where fixed in advance (a repeated cough); None: the next of the cycle."""
+    follows: bool = False
+    """The next cough of a bout: placed right after the item before it, at its level."""
 
 
 def held_out(manifests: str, labels: str, s: StreamSettings, sample_rate: int, exclude: set[str] = frozenset()):
@@ -216,19 +227,21 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
 
     synthetic = synthetic_clips(s.synthetic_per_kind, sample_rate, s.seed, s.split)
     items = _cough_items(coughs, s) + [Item(c, "sound") for c in placed_sounds + synthetic]
-    items = [items[i] for i in rng.permutation(len(items))]
+    items = _into_bouts([items[i] for i in rng.permutation(len(items))], s.bout_share, rng)
     level_of = {kind: iter(s.levels * (len(items) // len(s.levels) + 1)) for kind in ("cough", "sound")}
     excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
+    margin = round(0.05 * sample_rate)
     for item in items:
         lo, hi = single_event(item.clip.audio, sample_rate)
-        margin = round(0.05 * sample_rate)
         a, b = max(0, lo - margin), min(item.clip.audio.size, hi + margin)
+        if item.follows:  # the excerpt's event starts a pause after the leader's event ends
+            t = truth[-1].end + round(rng.uniform(*BOUT_PAUSE_S) * sample_rate) - (lo - a)
+        level = truth[-1].level_db if item.follows else \
+            next(level_of[item.kind]) if item.level_db is None else item.level_db
         excerpts.append((t, item.clip.audio[a:b].copy()))
-        cls = _class_of(item, s.sound_class_by)
-        truth.append(Placed(item.kind, cls, item.clip.column(group_by) if group_by else "",
-                            str(item.clip.path),
-                            next(level_of[item.kind]) if item.level_db is None else item.level_db, t + lo - a, t + hi - a,
-                            is_telephone(item.clip)))
+        truth.append(Placed(item.kind, _class_of(item, s.sound_class_by), item.clip.column(group_by) if group_by
+                            else "", str(item.clip.path), level, t + lo - a, t + hi - a, is_telephone(item.clip),
+                            item.follows))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
     stream = make_room(room, n, rng, sample_rate)
@@ -239,6 +252,30 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
         stream[start: start + audio.size] += audio * np.float32(gain)
     return np.clip(stream, -1.0, 1.0), truth, room
+
+
+def _into_bouts(items: list[Item], share: float, rng: np.random.Generator) -> list[Item]:
+    """``items`` in order, where each cough drawn with probability ``share`` leaves its place to follow a cough of
+    the same channel that stays on its own (the next such leader down the list; none left: it stays put)."""
+    if not share:
+        return items
+    follower = [it.kind == "cough" and rng.random() < share for it in items]
+    leaders = [i for i, it in enumerate(items) if it.kind == "cough" and not follower[i]]
+    after: dict[int, Item] = {}
+    for i, it in enumerate(items):
+        if not follower[i]:
+            continue
+        lead = next((j for j in leaders if j not in after
+                     and is_telephone(items[j].clip) == is_telephone(it.clip)), None)
+        if lead is None:
+            follower[i] = False
+        else:
+            after[lead] = replace(it, follows=True)
+    out = []
+    for i, it in enumerate(items):
+        if not follower[i]:
+            out += [it] + ([after[i]] if i in after else [])
+    return out
 
 
 def _cough_items(coughs: list[D.Clip], s: StreamSettings) -> list[Item]:
@@ -297,10 +334,17 @@ class StreamEvent:
 
 
 def match_events(truth: list[Placed], onsets: list[int], sample_rate: int) -> list[list[int]]:
-    """For each placed sound, the indices of the onsets in its span [onset - 0.3 s, end + 0.1 s]."""
+    """For each placed sound, the indices of the onsets in its span [onset - 0.3 s, end + 0.1 s]; an onset in two
+    spans (the coughs of a bout) counts for the sound whose onset is nearest it only."""
     before, after = round(TOLERANCE_BEFORE_S * sample_rate), round(TOLERANCE_AFTER_S * sample_rate)
     at = np.array(onsets, dtype=np.int64)
-    return [list(np.flatnonzero((at >= p.onset - before) & (at <= p.end + after))) for p in truth]
+    spans = [np.flatnonzero((at >= p.onset - before) & (at <= p.end + after)) for p in truth]
+    owner: dict[int, int] = {}
+    for k, idx in enumerate(spans):
+        for i in idx.tolist():
+            if i not in owner or abs(at[i] - truth[k].onset) < abs(at[i] - truth[owner[i]].onset):
+                owner[i] = k
+    return [[i for i in idx.tolist() if owner[i] == k] for k, idx in enumerate(spans)]
 
 
 def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int, sample_rate: int, *,
@@ -325,6 +369,7 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "coughs_by_group": {g: _rate([(p, h) for p, h in coughs if p.group == g])
                             for g in sorted({p.group for p, _ in coughs}) if g},
         "events_per_detected_cough": (sum(len(h) for _, h in detected) / len(detected)) if detected else None,
+        **_bout_rates(truth, hits),
         "sounds": _rate(sounds),
         "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
         "background_events": int((~matched).sum()),
@@ -338,6 +383,15 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         labelled = [(p, h) for p, h in coughs if p.cls in class_labels]
         out["classifier_on_events"] = _event_auc(labelled, events, positive_label)
     return out
+
+
+def _bout_rates(truth: list[Placed], hits: list[list[int]]) -> dict:
+    """With bouts placed: sensitivity for their first coughs and for the coughs that follow, each on its own."""
+    nxt = [k for k, p in enumerate(truth) if p.follows]
+    if not nxt:
+        return {}
+    return {"coughs_in_bouts": {"first": _rate([(truth[k - 1], hits[k - 1]) for k in nxt]),
+                                "next": _rate([(truth[k], hits[k]) for k in nxt])}}
 
 
 def _next_to_coughs(truth: list[Placed], onsets: list[int], sample_rate: int) -> int:
@@ -695,6 +749,12 @@ def markdown(result: dict) -> list[str]:
         lines += ["95% intervals (Wilson, each recording one trial; a bootstrap over recordings where they are placed "
                   "more than once) by level: " + ", ".join(
             f"{k} dB{_ci(v.get('ci95'))}" for k, v in lv.items()) + ".", ""]
+    bouts = result.get("coughs_in_bouts")
+    if bouts:
+        lines += [f"Coughs in bouts ({bouts['next']['n']} placed right after another, a "
+                  f"{BOUT_PAUSE_S[0]:g}-{BOUT_PAUSE_S[1]:g} s pause between): first {_pct(bouts['first']['share'])}"
+                  f"{_ci(bouts['first'].get('ci95'))}, next {_pct(bouts['next']['share'])}"
+                  f"{_ci(bouts['next'].get('ci95'))}.", ""]
     if result.get("coughs_by_group"):
         lines += ["Cough sensitivity by group: " + ", ".join(
             f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["coughs_by_group"].items()), ""]
