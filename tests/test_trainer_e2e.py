@@ -179,5 +179,10 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert "trainer stream --out names a folder" in capsys.readouterr().err
     assert main(["stream", "--stream-coughs", "x", "--stream-sounds", "y", "--stream-split", "train"]) == 2
     assert "stream.split = 'train' must be test or val" in capsys.readouterr().err
+    assert main([*args, "--stream-bout-share", "0.5", "--out", str(tmp_path / "e")]) == 0
+    e = json.loads((tmp_path / "e" / "stream.json").read_text())
+    assert e["coughs"]["n"] == a["coughs"]["n"] and set(e["onset_gate"]["coughs_in_bouts"]) == {"first", "next"}
+    assert e["coughs_in_bouts"]["next"]["n"] == e["onset_gate"]["coughs_in_bouts"]["next"]["n"] >= 1
+    capsys.readouterr()
     assert main([*args, "--stream-channel", "telephone"]) == 2, "the sample's manifest names no telephone recording"
     assert "no telephone cough recordings in the test split" in capsys.readouterr().err

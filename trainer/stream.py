@@ -536,7 +536,8 @@ def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset:
 
     sounds = [StreamEvent(x.onset, 1.0, 0.0) for x in find_sounds(stream, sample_rate, onset)]
     m = score_stream(truth, sounds, stream.size, sample_rate, levels=levels)
-    return {"coughs": m["coughs"], "coughs_by_level": m["coughs_by_level"],
+    bouts = {"coughs_in_bouts": m["coughs_in_bouts"]} if "coughs_in_bouts" in m else {}
+    return {"coughs": m["coughs"], "coughs_by_level": m["coughs_by_level"], **bouts,
             "sounds_per_hour": len(sounds) / (stream.size / sample_rate / 3600)}
 
 
@@ -775,7 +776,10 @@ def markdown(result: dict) -> list[str]:
     if gate:
         lines += [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
                   + ", ".join(f"{k} dB {_pct(v['share'])}" for k, v in gate["coughs_by_level"].items())
-                  + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find.", ""]
+                  + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find"
+                  + (f" (bouts: first {_pct(gate['coughs_in_bouts']['first']['share'])}, next "
+                     f"{_pct(gate['coughs_in_bouts']['next']['share'])})" if gate.get("coughs_in_bouts") else "")
+                  + ".", ""]
     ev, cl = result.get("classifier_on_events") or {}, result.get("classifier_clip_level") or {}
     if ev:
         groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
