@@ -736,7 +736,13 @@ def _auc_cell(figures: dict) -> str:
 
 
 def markdown(result: dict) -> list[str]:
-    """The benchmark as README/report lines."""
+    """The benchmark as README/report lines: detection, the room's false events, the onset gate, the classifier."""
+    return [*_detection_lines(result), *_background_lines(result), *_gate_lines(result), *_classifier_lines(result),
+            f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
+            f"{result['real_time_factor']:.4f} (this machine, one process)."]
+
+
+def _detection_lines(result: dict) -> list[str]:
     c, lv = result["coughs"], result["coughs_by_level"]
     lines = ["| cough sensitivity | " + " | ".join(f"{k} dB" for k in lv) + " | events per detected cough "
              "| non-cough sounds with an event | background events per hour | median onset error |",
@@ -759,8 +765,12 @@ def markdown(result: dict) -> list[str]:
     if result.get("coughs_by_group"):
         lines += ["Cough sensitivity by group: " + ", ".join(
             f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["coughs_by_group"].items()), ""]
-    lines += ["Non-cough sounds with an event, by class: " + ", ".join(
+    return lines + ["Non-cough sounds with an event, by class: " + ", ".join(
         f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in result["sounds_by_class"].items()), ""]
+
+
+def _background_lines(result: dict) -> list[str]:
+    lines = []
     if result.get("background_next_to_coughs") is not None:
         lines += [f"Background events within {NEXT_TO_S:g} s of a placed cough (its window held the cough off its "
                   f"place): {result['background_next_to_coughs']} of {result['background_events']}; farther from every "
@@ -772,27 +782,33 @@ def markdown(result: dict) -> list[str]:
                   f"around each telephone "
                   f"recording, {band['telephone']['hours'] * 60:.1f} min): {band['telephone']['per_hour']:.1f}; "
                   f"elsewhere ({band['wideband']['hours'] * 60:.1f} min): {band['wideband']['per_hour']:.1f}.", ""]
-    gate = result.get("onset_gate")
-    if gate:
-        lines += [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
-                  + ", ".join(f"{k} dB {_pct(v['share'])}" for k, v in gate["coughs_by_level"].items())
-                  + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find"
-                  + (f" (bouts: first {_pct(gate['coughs_in_bouts']['first']['share'])}, next "
-                     f"{_pct(gate['coughs_in_bouts']['next']['share'])})" if gate.get("coughs_in_bouts") else "")
-                  + ".", ""]
-    ev, cl = result.get("classifier_on_events") or {}, result.get("classifier_clip_level") or {}
-    if ev:
-        groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
-        lines += ["| classifier ROC-AUC | pooled | " + " | ".join(groups) + " |", "|---" * (len(groups) + 2) + "|",
-                  f"| on published events ({ev['events']}) | {_pct(ev['pooled'])}{_ci(ev.get('pooled_ci95'))} | "
-                  + " | ".join(_auc_cell(ev["by_group"].get(g, {})) for g in groups) + " |",
-                  f"| clip level, same recordings, every onset window ({cl.get('windows', 0)}) | "
-                  f"{_pct(cl.get('pooled'))}{_ci(cl.get('pooled_ci95'))} | "
-                  + " | ".join(_auc_cell(cl.get("by_group", {}).get(g, {})) for g in groups) + " |",
-                  "", "(95% bootstrap intervals in brackets.)", ""]
-    lines.append(f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
-                 f"{result['real_time_factor']:.4f} (this machine, one process).")
     return lines
+
+
+def _gate_lines(result: dict) -> list[str]:
+    gate = result.get("onset_gate")
+    if not gate:
+        return []
+    bouts = gate.get("coughs_in_bouts")
+    return [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
+            + ", ".join(f"{k} dB {_pct(v['share'])}" for k, v in gate["coughs_by_level"].items())
+            + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find"
+            + (f" (bouts: first {_pct(bouts['first']['share'])}, next {_pct(bouts['next']['share'])})" if bouts else "")
+            + ".", ""]
+
+
+def _classifier_lines(result: dict) -> list[str]:
+    ev, cl = result.get("classifier_on_events") or {}, result.get("classifier_clip_level") or {}
+    if not ev:
+        return []
+    groups = sorted(set(ev["by_group"]) | set(cl.get("by_group", {})))
+    return ["| classifier ROC-AUC | pooled | " + " | ".join(groups) + " |", "|---" * (len(groups) + 2) + "|",
+            f"| on published events ({ev['events']}) | {_pct(ev['pooled'])}{_ci(ev.get('pooled_ci95'))} | "
+            + " | ".join(_auc_cell(ev["by_group"].get(g, {})) for g in groups) + " |",
+            f"| clip level, same recordings, every onset window ({cl.get('windows', 0)}) | "
+            f"{_pct(cl.get('pooled'))}{_ci(cl.get('pooled_ci95'))} | "
+            + " | ".join(_auc_cell(cl.get("by_group", {}).get(g, {})) for g in groups) + " |",
+            "", "(95% bootstrap intervals in brackets.)", ""]
 
 
 def write_result(folder: Path, result: dict) -> None:
