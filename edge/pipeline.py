@@ -79,8 +79,8 @@ class Pipeline:
         self._merge_max = round(self.onset.s.merge_max_ms * self.sample_rate / 1000)
         self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
-        self._held: list[CoughEvent] = []  # accepted, not yet published: a better sound may still supersede them
-        self._peak: dict[str, float] = {}  # band peak (dBFS) of each held event's sound, by event id
+        # accepted, not yet published (a better sound may still supersede them), each with its sound's band peak (dBFS)
+        self._held: list[tuple[CoughEvent, float]] = []
         self.counters = Counters()
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
@@ -184,29 +184,24 @@ class Pipeline:
         with ``supersede_louder_db``, is that much louder than) yield."""
         if event is None:
             return
-        beaten = [h for h in self._held if event.onset_sample - h.onset_sample < self._supersede
-                  and self._beats(event.cough_score, peak_dbfs, h)]
-        self.counters.superseded += len(beaten)
-        for b in beaten:
-            self._peak.pop(b.event_id, None)
-        self._held = [h for h in self._held if all(h is not b for b in beaten)] + [event]
-        self._peak[event.event_id] = peak_dbfs
+        kept = [h for h in self._held if event.onset_sample - h[0].onset_sample >= self._supersede
+                or not self._beats(event.cough_score, peak_dbfs, h)]
+        self.counters.superseded += len(self._held) - len(kept)
+        self._held = kept + [(event, peak_dbfs)]
 
-    def _beats(self, cough_score: float, peak_dbfs: float, held: CoughEvent) -> bool:
-        """A later accepted sound (its score and band peak) takes ``held``'s place."""
-        s = self.onset.s
-        louder = s.supersede_louder_db > 0 and peak_dbfs >= self._peak[held.event_id] + s.supersede_louder_db
-        return cough_score > held.cough_score + s.supersede_margin or louder
+    def _beats(self, cough_score: float, peak_dbfs: float, held: tuple[CoughEvent, float]) -> bool:
+        """A later accepted sound (its score and band peak) takes the place of ``held`` (an event and its peak)."""
+        s, (event, held_peak) = self.onset.s, held
+        louder = s.supersede_louder_db > 0 and peak_dbfs >= held_peak + s.supersede_louder_db
+        return cough_score > event.cough_score + s.supersede_margin or louder
 
     def _release(self, final: bool, t_complete: float) -> list[CoughEvent]:
         """Publish held events that no sound still to be classified can supersede. ``t_complete``: when the chunk
         that released them arrived (latency is counted from it)."""
         horizon = min([s.onset for s in self._pending] + [self.onset.unreported_from])
-        settled = [final or h.onset_sample + self._supersede <= horizon for h in self._held]
-        ready = [h for h, done in zip(self._held, settled) if done]
+        settled = [final or h.onset_sample + self._supersede <= horizon for h, _ in self._held]
+        ready = [h for (h, _), done in zip(self._held, settled) if done]
         self._held = [h for h, done in zip(self._held, settled) if not done]
-        for h in ready:
-            self._peak.pop(h.event_id, None)
         out = []
         for held in ready:
             event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
@@ -226,12 +221,11 @@ class Pipeline:
         onset, chain_end = self._cough
         if sound.onset - chain_end >= self._merge_gap or sound.onset - onset >= self._merge_max:
             return False
-        held = next((h for h in self._held if h.onset_sample == onset), None) if self._supersede else None
+        held = next((h for h in self._held if h[0].onset_sample == onset), None) if self._supersede else None
         if held is not None:
             score = self._score(sound)
             if score >= self.detector_threshold and self._beats(score, sound.peak_dbfs, held):
                 self._held.remove(held)
-                self._peak.pop(held.event_id, None)
                 self.counters.superseded += 1
                 self._hold(self._accept(sound, score), sound.peak_dbfs)
                 return True

@@ -270,6 +270,12 @@ def test_background_events_are_split_by_whether_the_room_passed_the_telephone_ba
     band = m["background_by_band"]
     assert band["telephone"]["events"] == 1 and band["telephone"]["hours"] == pytest.approx(3 / 3600)
     assert band["wideband"]["events"] == 2 and band["wideband"]["per_hour"] == pytest.approx(2 / (1 - 3 / 3600))
+    bout = [Placed("cough", "positive", "call", "a", 20.0, 10 * r, 11 * r, telephone=True),
+            Placed("cough", "positive", "call", "b", 20.0, 11 * r + r // 2, 12 * r, telephone=True, follows=True)]
+    m = score_stream(bout, [StreamEvent(50 * r, 0.9, 0.5)], 3600 * r, r)
+    assert m["background_away_from_coughs_per_hour"] == pytest.approx(1 / ((3600 - 4) / 3600)), \
+        "a bout's widened spans overlap: 9-13 s is 4 s, not 3 + 2.5"
+    assert m["background_by_band"]["telephone"]["hours"] == pytest.approx(4 / 3600)
 
 
 def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_path):

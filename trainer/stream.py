@@ -374,8 +374,7 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
         "background_events": int((~matched).sum()),
         "background_events_per_hour": float((~matched).sum() / hours) if hours else None,
-        "background_next_to_coughs": _next_to_coughs(truth, background, sample_rate),
-        "background_away_from_coughs_per_hour": _away_from_coughs_per_hour(truth, background, n_samples, sample_rate),
+        **_background_near_coughs(truth, background, n_samples, sample_rate),
         "background_by_band": _background_by_band(truth, background, n_samples, sample_rate),
         "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
     }
@@ -394,25 +393,16 @@ def _bout_rates(truth: list[Placed], hits: list[list[int]]) -> dict:
                                 "next": _rate([(truth[k], hits[k]) for k in nxt])}}
 
 
-def _next_to_coughs(truth: list[Placed], onsets: list[int], sample_rate: int) -> int:
-    """Background events within ``NEXT_TO_S`` of a placed cough's span: a window cut at a room sound there holds
-    the cough off its place, so a detector that answers for any cough in its window fires on it."""
+def _background_near_coughs(truth: list[Placed], onsets: list[int], n_samples: int, sample_rate: int) -> dict:
+    """Background events within ``NEXT_TO_S`` of a placed cough's span (a window cut at a room sound there holds
+    the cough off its place, so a detector that answers for any cough in its window fires on it), and the rate of
+    the others per hour of the stream farther from every cough."""
     reach = round(NEXT_TO_S * sample_rate)
-    return _within(onsets, [(p.onset - reach, p.end + reach) for p in truth if p.kind == "cough"])
-
-
-def _away_from_coughs_per_hour(truth: list[Placed], onsets: list[int], n_samples: int, sample_rate: int
-                               ) -> float | None:
-    """Background events per hour of the stream farther than ``NEXT_TO_S`` from every placed cough: the room's own
-    false alarms, which do not grow with how densely the stream is filled with coughs."""
-    reach = round(NEXT_TO_S * sample_rate)
-    near = np.zeros(n_samples, dtype=bool)
-    for p in truth:
-        if p.kind == "cough":
-            near[max(0, p.onset - reach): p.end + reach] = True
-    hours = (n_samples - int(near.sum())) / sample_rate / 3600
-    away = len(onsets) - _next_to_coughs(truth, onsets, sample_rate)
-    return away / hours if hours > 0 else None
+    spans = [(max(0, p.onset - reach), min(n_samples, p.end + reach)) for p in truth if p.kind == "cough"]
+    near = _within(onsets, spans)
+    hours = (n_samples - _covered(spans)) / sample_rate / 3600
+    return {"background_next_to_coughs": near,
+            "background_away_from_coughs_per_hour": (len(onsets) - near) / hours if hours > 0 else None}
 
 
 def _within(onsets: list[int], spans: list[tuple[int, int]]) -> int:
@@ -420,12 +410,22 @@ def _within(onsets: list[int], spans: list[tuple[int, int]]) -> int:
     return sum(any(lo <= x < hi for lo, hi in spans) for x in onsets)
 
 
+def _covered(spans: list[tuple[int, int]]) -> int:
+    """Samples in the union of the ``[lo, hi)`` ``spans`` (those of a bout's coughs overlap)."""
+    total, end = 0, 0
+    for lo, hi in sorted(spans):
+        lo = max(lo, end)
+        if hi > lo:
+            total, end = total + hi - lo, hi
+    return total
+
+
 def _background_by_band(truth: list[Placed], onsets: list[int], n_samples: int, sample_rate: int) -> dict:
     """Background events per hour where the room passes the telephone band (around telephone recordings) and
     elsewhere: a detector that hears the channel, not the sound, fires in the former."""
     spans = telephone_spans(truth, n_samples, sample_rate)
     inside = _within(onsets, spans)
-    hours_in = sum(hi - lo for lo, hi in spans) / sample_rate / 3600
+    hours_in = _covered(spans) / sample_rate / 3600
     hours_out = n_samples / sample_rate / 3600 - hours_in
     return {"telephone": {"events": inside, "hours": hours_in, "per_hour": inside / hours_in if hours_in else None},
             "wideband": {"events": len(onsets) - inside, "hours": hours_out,
@@ -453,12 +453,12 @@ def _auc(labels: list[bool], scores: list[float]) -> float | None:
     return float(roc_auc_score(labels, scores)) if 0 < sum(labels) < len(labels) else None
 
 
-def _auc_figures(labels: list[bool], scores: list[float], seed: int = 0) -> dict:
+def _auc_figures(labels: list[bool], scores: list[float]) -> dict:
     """ROC-AUC and its bootstrap 95% interval (None where one class is missing)."""
     from .metrics import bootstrap_auc_ci
 
     auc = _auc(labels, scores)
-    ci = bootstrap_auc_ci(np.array(labels, dtype=bool), np.array(scores, dtype=float), AUC_BOOTSTRAP, seed) \
+    ci = bootstrap_auc_ci(np.array(labels, dtype=bool), np.array(scores, dtype=float), AUC_BOOTSTRAP, 0) \
         if auc is not None else None
     return {"roc_auc": auc, "roc_auc_ci95": ci}
 
