@@ -7,6 +7,7 @@ returns the sounds that have ended, with onset and offset counted in samples sin
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -49,9 +50,17 @@ class OnsetSettings:
     """One cough, one event: a sound that starts less than this many milliseconds after the end of an accepted
     cough's sound (or of a sound already merged into it), and less than ``merge_max_ms`` after the cough's
     onset, is that cough's next phase, not a new cough. 0 = every accepted sound is its own event."""
-    merge_max_ms: float = 400.0
+    merge_max_ms: float = 600.0
     """A sound starting this many milliseconds or more after an accepted cough's onset is never merged into it:
-    a cough's explosive and voiced phases come 0.14-0.4 s apart, the coughs of a bout further apart."""
+    a cough's explosive and voiced phases come 0.14-0.6 s apart (0.4 split one cough in eight on the validation
+    stream; the pause rule below keeps a bout's coughs apart)."""
+    merge_pause_db: float = 20.0
+    """A sound is never merged into a cough when, between that cough's onset and the sound's, its band energy stayed
+    this many dB or more below the cough's band peak for ``merge_pause_ms``: a pause, so the sound is the bout's next
+    cough (the onset detector's end of a sound is relative to the noise floor, and a loud cough's tail often keeps it
+    going into the next cough). A cough's phases follow each other without such a pause. 0 = off."""
+    merge_pause_ms: float = 100.0
+    """How long the band energy must stay that far down to count as a pause, in milliseconds."""
     supersede_ms: float = 600.0
     """An accepted sound yields to a sound accepted less than this many milliseconds after its onset whose cough
     score is more than ``supersede_margin`` higher: its window held that cough off its place (a room sound just
@@ -84,6 +93,10 @@ class OnsetSettings:
         if not 0 < self.merge_max_ms <= self.max_duration_ms:
             raise ValueError(f"merge_max_ms = {self.merge_max_ms} must be in (0, max_duration_ms = "
                              f"{self.max_duration_ms}] ms")
+        if not 0 <= self.merge_pause_db <= 60:
+            raise ValueError(f"merge_pause_db = {self.merge_pause_db} must be in [0, 60] dB")
+        if not 0 < self.merge_pause_ms <= 1000:
+            raise ValueError(f"merge_pause_ms = {self.merge_pause_ms} must be in (0, 1000] ms")
         if not 0 <= self.supersede_ms <= 2000:
             raise ValueError(f"supersede_ms = {self.supersede_ms} must be in [0, 2000] ms")
         if not 0 <= self.supersede_margin < 1:
@@ -126,6 +139,7 @@ class OnsetDetector:
         frame_s = self.frame_samples / sample_rate
         self._rise = 1.0 - np.exp(-frame_s / self.s.floor_rise_s)
         self._fall = 1.0 - np.exp(-frame_s / self.s.floor_fall_s)
+        self._levels_kept = 0  # frames of band energy remembered (see remember())
         self.reset()
 
     def reset(self) -> None:
@@ -141,6 +155,26 @@ class OnsetDetector:
         self._prev_levels = [-120.0, -120.0]
         self.level_dbfs = -120.0
         """Band energy of the latest frame, in dBFS."""
+        self._levels: deque[float] = deque(maxlen=self._levels_kept)
+
+    def remember(self, samples: int) -> None:
+        """Keep the band energy of at least the last ``samples`` samples' frames (for :meth:`quiet_run`)."""
+        kept = -(-samples // self.frame_samples)
+        if kept > self._levels.maxlen:
+            self._levels_kept = kept
+            self._levels = deque(self._levels, maxlen=kept)
+
+    def quiet_run(self, start: int, end: int, below_dbfs: float) -> int:
+        """Samples in the longest run of whole frames within ``[start, end)`` whose band energy stayed below
+        ``below_dbfs``; frames older than those remembered (see :meth:`remember`) never count as quiet."""
+        first = self.position - len(self._levels) * self.frame_samples  # sample where the oldest remembered frame starts
+        lo = max(0, -(-(start - first) // self.frame_samples))
+        hi = min(len(self._levels), (end - first) // self.frame_samples)
+        longest = run = 0
+        for i in range(lo, hi):
+            run = run + 1 if self._levels[i] < below_dbfs else 0
+            longest = max(longest, run)
+        return longest * self.frame_samples
 
     @property
     def unreported_from(self) -> int:
@@ -181,6 +215,7 @@ class OnsetDetector:
         flux = 0.0 if self._prev_logspec is None else float(np.maximum(logspec - self._prev_logspec, 0).mean())
         self._prev_logspec = logspec
         self.level_dbfs = level
+        self._levels.append(level)
         if self._floor is None:
             self._floor = level
         floor = self._floor

@@ -77,7 +77,10 @@ class Pipeline:
         self._pending: list[Sound] = []
         self._merge_gap = round(self.onset.s.merge_gap_ms * self.sample_rate / 1000)
         self._merge_max = round(self.onset.s.merge_max_ms * self.sample_rate / 1000)
-        self._cough: tuple[int, int] | None = None  # (onset, end of its chain) of the latest accepted cough
+        self._pause_db, self._pause = self.onset.s.merge_pause_db, round(self.onset.s.merge_pause_ms * self.sample_rate / 1000)
+        self.onset.remember(self._keep + self._merge_max)
+        # (onset, end of its chain, band peak in dBFS) of the latest accepted cough
+        self._cough: tuple[int, int, float] | None = None
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
         # accepted, not yet published (a better sound may still supersede them), each with its sound's band peak (dBFS)
         self._held: list[tuple[CoughEvent, float]] = []
@@ -212,15 +215,18 @@ class Pipeline:
         return out
 
     def _continues_cough(self, sound: Sound) -> bool:
-        """True when ``sound`` starts less than ``merge_gap_ms`` after the end of the latest accepted cough's chain
-        and less than ``merge_max_ms`` after its onset: it is that cough's next phase (merged, the chain extended),
-        unless it scores more than ``supersede_margin`` higher than the cough's held event, whose window then held
-        this sound off its place: this sound's event takes that one's place (superseded)."""
+        """True when ``sound`` starts less than ``merge_gap_ms`` after the end of the latest accepted cough's chain,
+        less than ``merge_max_ms`` after its onset and with no pause since (``merge_pause_db``): it is that cough's
+        next phase (merged, the chain extended), unless it scores more than ``supersede_margin`` higher than the
+        cough's held event, whose window then held this sound off its place: this sound's event takes that one's
+        place (superseded)."""
         if self._cough is None or not self._merge_gap:
             return False
-        onset, chain_end = self._cough
+        onset, chain_end, peak = self._cough
         if sound.onset - chain_end >= self._merge_gap or sound.onset - onset >= self._merge_max:
             return False
+        if self._pause_db and self.onset.quiet_run(onset, sound.onset, peak - self._pause_db) >= self._pause:
+            return False  # the cough fell silent before this sound: the next cough of a bout
         held = next((h for h in self._held if h[0].onset_sample == onset), None) if self._supersede else None
         if held is not None:
             score = self._score(sound)
@@ -229,7 +235,7 @@ class Pipeline:
                 self.counters.superseded += 1
                 self._hold(self._accept(sound, score), sound.peak_dbfs)
                 return True
-        self._cough = (onset, max(chain_end, sound.offset))
+        self._cough = (onset, max(chain_end, sound.offset), peak)
         self.counters.merged += 1
         return True
 
@@ -246,7 +252,7 @@ class Pipeline:
         if cough_score < self.detector_threshold:
             self.counters.rejected += 1
             return None
-        self._cough = (sound.onset, sound.offset)
+        self._cough = (sound.onset, sound.offset, sound.peak_dbfs)
         info = self.classifier.info
         probs = self.classifier(self._window(sound, self.classifier)[None])[0]
         if probs[info.positive_index] >= info.threshold:

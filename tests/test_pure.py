@@ -620,10 +620,10 @@ def test_merge_gap_is_bounded():
         OnsetSettings(merge_max_ms=2000.0)
 
 
-@pytest.mark.parametrize("rise_after_ms, events", [(256, 1), (512, 2)])  # on 16 ms frame edges
+@pytest.mark.parametrize("rise_after_ms, events", [(256, 1), (512, 1), (704, 2)])  # on 16 ms frame edges
 def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(rise_after_ms, events):
-    """The onset detector re-triggers on a sudden rise inside a sound (no pause): 256 ms after the cough's onset
-    that is its voiced phase, 512 ms after it the bout's next cough (the rise is 18 dB: loudness alone does not
+    """The onset detector re-triggers on a sudden rise inside a sound (no pause): up to 600 ms after the cough's
+    onset that is its later phase, 704 ms after it the bout's next cough (the rise is 18 dB: loudness alone does not
     decide here, ``supersede_louder_db`` off; with it the quiet first sound would yield to the loud one)."""
     from edge.onset import OnsetDetector, OnsetSettings
     from edge.pipeline import Pipeline
@@ -641,3 +641,44 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     got += pipe.flush()
     assert pipe.counters.sounds == 2, "the rise re-triggers the onset detector"
     assert len(got) == events and pipe.counters.merged == 2 - events
+
+
+@pytest.mark.parametrize("pause_db, events", [(20.0, 2), (0.0, 1)])
+def test_a_pause_below_the_coughs_peak_keeps_the_next_cough_of_a_bout_apart(pause_db, events):
+    """A loud cough, then 160 ms of its quiet tail 26 dB under its peak (still far above the room, so the onset
+    detector's sound goes on), then a new burst 320 ms after the first: within merge_gap_ms and merge_max_ms, so only
+    the pause tells the bout's next cough from a phase of the first (``merge_pause_db`` 0 turns the rule off)."""
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    rng = np.random.default_rng(7)
+    audio = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    for start, n, amp in ((32000, 2560, 0.4), (34560, 2560, 0.02), (37120, 4800, 0.4)):
+        audio[start:start + n] += (amp * rng.standard_normal(n)).astype(np.float32)
+    pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
+                    "dev", onset=OnsetDetector(16000, OnsetSettings(merge_pause_db=pause_db)), synced=True)
+    got = []
+    for start in range(0, audio.size, 1000):
+        got += pipe.feed(audio[start:start + 1000])
+    got += pipe.flush()
+    assert pipe.counters.sounds == 2, "the second burst re-triggers the onset detector inside the first sound"
+    assert [round(e.onset_sample / 16000, 2) for e in got] == [2.0, 2.32][:events]
+    assert pipe.counters.merged == 2 - events
+
+
+def test_quiet_run_counts_remembered_frames_only():
+    from edge.onset import OnsetDetector
+
+    det = OnsetDetector(16000)
+    det.remember(16000)  # one second of frames (63 of 256 samples)
+    noise = np.random.default_rng(8).standard_normal(8000).astype(np.float32) * 0.1
+    det(np.concatenate([noise, np.zeros(8000, np.float32)]))
+    assert det.quiet_run(0, 16000, -60.0) == 30 * 256, "the silent half's 30 whole frames (frame 31 straddles)"
+    assert det.quiet_run(0, 8000, -60.0) == 0
+    det(np.zeros(16000, np.float32))  # the loud half is now older than what is remembered
+    assert det.quiet_run(0, 16000, -60.0) == 0, "frames no longer remembered never count as quiet"
+    assert det.quiet_run(16000, 32000, -60.0) == 62 * 256
+    with pytest.raises(ValueError, match="merge_pause_ms = 0.0 must be in"):
+        from edge.onset import OnsetSettings
+
+        OnsetSettings(merge_pause_ms=0.0)
