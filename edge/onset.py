@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -171,8 +172,8 @@ class OnsetDetector:
         lo = max(0, -(-(start - first) // self.frame_samples))
         hi = min(len(self._levels), (end - first) // self.frame_samples)
         longest = run = 0
-        for i in range(lo, hi):
-            run = run + 1 if self._levels[i] < below_dbfs else 0
+        for level in islice(self._levels, lo, max(lo, hi)):
+            run = run + 1 if level < below_dbfs else 0
             longest = max(longest, run)
         return longest * self.frame_samples
 
