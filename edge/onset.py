@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from itertools import islice
 from dataclasses import dataclass, fields
+from itertools import islice
 
 import numpy as np
 

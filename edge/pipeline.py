@@ -78,7 +78,6 @@ class Pipeline:
         self._merge_gap = round(self.onset.s.merge_gap_ms * self.sample_rate / 1000)
         self._merge_max = round(self.onset.s.merge_max_ms * self.sample_rate / 1000)
         self._pause_db, self._pause = self.onset.s.merge_pause_db, round(self.onset.s.merge_pause_ms * self.sample_rate / 1000)
-        self.onset.remember(self._keep + self._merge_max)
         # (onset, end of its chain, band peak in dBFS) of the latest accepted cough
         self._cough: tuple[int, int, float] | None = None
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
@@ -94,6 +93,8 @@ class Pipeline:
         c = self.counters
         c.samples += chunk.size
         self._buf = np.concatenate([self._buf, chunk])
+        # the pause rule looks back from a pending sound to its cough, up to a whole chunk behind the detector
+        self.onset.remember(self._keep + self._merge_max + chunk.size)
         for sound in self.onset(chunk):
             c.sounds += 1
             self._pending.append(sound)

@@ -643,23 +643,25 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     assert len(got) == events and pipe.counters.merged == 2 - events
 
 
+@pytest.mark.parametrize("chunk", [160, 1000, 16000 * 12])  # the last: the whole recording in one chunk
 @pytest.mark.parametrize("pause_db, events", [(20.0, 2), (0.0, 1)])
-def test_a_pause_below_the_coughs_peak_keeps_the_next_cough_of_a_bout_apart(pause_db, events):
+def test_a_pause_below_the_coughs_peak_keeps_the_next_cough_of_a_bout_apart(pause_db, events, chunk):
     """A loud cough, then 160 ms of its quiet tail 26 dB under its peak (still far above the room, so the onset
     detector's sound goes on), then a new burst 320 ms after the first: within merge_gap_ms and merge_max_ms, so only
-    the pause tells the bout's next cough from a phase of the first (``merge_pause_db`` 0 turns the rule off)."""
+    the pause tells the bout's next cough from a phase of the first (``merge_pause_db`` 0 turns the rule off),
+    whatever the chunk size."""
     from edge.onset import OnsetDetector, OnsetSettings
     from edge.pipeline import Pipeline
 
     rng = np.random.default_rng(7)
-    audio = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
+    audio = (0.002 * rng.standard_normal(16000 * 12)).astype(np.float32)
     for start, n, amp in ((32000, 2560, 0.4), (34560, 2560, 0.02), (37120, 4800, 0.4)):
         audio[start:start + n] += (amp * rng.standard_normal(n)).astype(np.float32)
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, OnsetSettings(merge_pause_db=pause_db)), synced=True)
     got = []
-    for start in range(0, audio.size, 1000):
-        got += pipe.feed(audio[start:start + 1000])
+    for start in range(0, audio.size, chunk):
+        got += pipe.feed(audio[start:start + chunk])
     got += pipe.flush()
     assert pipe.counters.sounds == 2, "the second burst re-triggers the onset detector inside the first sound"
     assert [round(e.onset_sample / 16000, 2) for e in got] == [2.0, 2.32][:events]
