@@ -12,7 +12,7 @@ import numpy as np
 from .events import CoughEvent, ModelRef
 from .inference import Model
 from .onset import OnsetDetector, Sound
-from .windows import cut_window
+from .windows import cut_views, cut_window, view_offsets
 
 
 def clock_synced() -> bool:
@@ -68,9 +68,10 @@ class Pipeline:
         self.detector_threshold = detector.info.threshold if detector_threshold is None else detector_threshold
         self.start_utc = start_utc or datetime.now(timezone.utc)
         self.synced = clock_synced() if synced is None else synced
-        models = (detector, classifier)
-        self._after = max(m.info.window_samples - m.info.pre_roll_samples for m in models)
-        self._before = max(m.info.pre_roll_samples for m in models)
+        self._views = view_offsets(self.onset.s.views, round(self.onset.s.view_step_ms * self.sample_rate / 1000))
+        d, c = detector.info, classifier.info
+        self._after = max(d.window_samples - d.pre_roll_samples + self._views[-1], c.window_samples - c.pre_roll_samples)
+        self._before = max(d.pre_roll_samples - self._views[0], c.pre_roll_samples)
         self._keep = self._before + self._after + round(self.onset.s.max_duration_ms * self.sample_rate / 1000)
         self._buf = np.zeros(0, dtype=np.float32)
         self._buf_start = 0
@@ -245,8 +246,12 @@ class Pipeline:
                           model.info.pre_roll_samples)
 
     def _score(self, sound: Sound) -> float:
-        """The cough detector's score of the window at ``sound``'s onset."""
-        return float(self.detector(self._window(sound, self.detector)[None])[0][self.detector.info.positive_index])
+        """The cough detector's score of ``sound``: the mean cough probability of its views (``views`` windows
+        around its onset, ``view_step_ms`` apart)."""
+        info = self.detector.info
+        windows = cut_views(self._buf, self._buf_start, sound.onset, info.window_samples, info.pre_roll_samples,
+                            self._views)
+        return float(np.mean(self.detector(windows)[:, info.positive_index]))
 
     def _accept(self, sound: Sound, cough_score: float) -> CoughEvent | None:
         """``sound``'s event, classified, when its cough score reaches the threshold (else counted as rejected)."""

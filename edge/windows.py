@@ -32,6 +32,21 @@ def cut_window(audio: np.ndarray, audio_start: int, onset: int, window_samples: 
     return out
 
 
+def view_offsets(views: int, step_samples: int) -> tuple[int, ...]:
+    """Where a model's ``views`` windows of one sound sit, as shifts of its onset in samples: centred on it,
+    ``step_samples`` apart (``views`` odd; 1 gives the onset alone)."""
+    if views < 1 or views % 2 == 0:
+        raise ValueError(f"views = {views} must be odd and at least 1")
+    half = views // 2
+    return tuple(step_samples * k for k in range(-half, half + 1))
+
+
+def cut_views(audio: np.ndarray, audio_start: int, onset: int, window_samples: int, pre_roll_samples: int,
+              offsets: tuple[int, ...]) -> np.ndarray:
+    """``[len(offsets), window_samples]``: the window (:func:`cut_window`) at ``onset`` plus each offset."""
+    return np.stack([cut_window(audio, audio_start, onset + d, window_samples, pre_roll_samples) for d in offsets])
+
+
 def find_sounds(audio: np.ndarray, sample_rate: int, settings: OnsetSettings | None = None) -> list[Sound]:
     """The sounds the daemon's onset detector reports for ``audio`` heard as a stream from its first sample.
 

@@ -100,6 +100,35 @@ def test_onset_reset_restarts_sample_positions():
 def test_onset_settings_reject_bad_values():
     with pytest.raises(ValueError, match="off_db"):
         OnsetSettings(on_db=5, off_db=10)
+    for views in (0, 4, 17):
+        with pytest.raises(ValueError, match=f"views = {views} must be an odd whole number in 1..15"):
+            OnsetSettings(views=views)
+    with pytest.raises(ValueError, match=r"view_step_ms = 0.0 must be in \(0, 250\] ms"):
+        OnsetSettings(view_step_ms=0.0)
+
+
+def test_config_refuses_a_fractional_number_of_views(tmp_path):
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text("[onset]\nviews = 2.5\n")
+    with pytest.raises(ConfigError, match="onset.views = 2.5"):
+        build(EdgeSettings, file=cfg)
+
+
+def test_view_offsets_are_centred_on_the_onset():
+    from edge.windows import cut_views, cut_window, view_offsets
+
+    assert view_offsets(1, 800) == (0,)
+    assert view_offsets(5, 800) == (-1600, -800, 0, 800, 1600)
+    with pytest.raises(ValueError, match="views = 2 must be odd"):
+        view_offsets(2, 800)
+    stream = np.arange(100, dtype=np.float32)
+    views = cut_views(stream[10:], 10, 50, 20, 5, (-40, 0, 45))
+    assert views.shape == (3, 20)
+    for row, shift in zip(views, (-40, 0, 45)):  # each is the one window rule at the shifted onset
+        np.testing.assert_array_equal(row, cut_window(stream[10:], 10, 50 + shift, 20, 5))
+    np.testing.assert_array_equal(views[1], stream[45:65])
+    assert views[0, :5].tolist() == [0.0] * 5 and views[0, 5] == 10  # before what is held: zeros
+    assert views[2, 9] == 99 and views[2, 10:].tolist() == [0.0] * 10  # past the end: zeros
 
 
 def test_config_errors_name_the_key_and_value(tmp_path):
@@ -435,7 +464,7 @@ class _RecordingModel:
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         self.windows.extend(windows)
-        return self.probs
+        return np.repeat(self.probs, len(windows), axis=0)
 
 
 @pytest.mark.parametrize("chunk", [160, 1000, 4800])
@@ -448,16 +477,18 @@ def test_pipeline_cuts_each_models_own_window_around_the_onset(chunk):
     detector = _RecordingModel("det", 16000, 4000, [0.9, 0.1])
     classifier = _RecordingModel("cls", 48000, 4000, [0.7, 0.3])  # a 3 s window, 2.75 s after the onset
     events = []
-    pipe = Pipeline(detector, classifier, "dev", synced=True)
+    pipe = Pipeline(detector, classifier, "dev", synced=True, onset=OnsetDetector(16000, OnsetSettings(views=5)))
     for start in range(0, audio.size, chunk):
         events += pipe.feed(audio[start:start + chunk])
     assert len(events) == 1, "the event is emitted once the longer window is complete, before the stream ends"
     onset = events[0].onset_sample
     assert abs(onset - 40000) <= 320
-    for model in (detector, classifier):
-        (window,) = model.windows
-        start = onset - model.info.pre_roll_samples
-        np.testing.assert_array_equal(window, audio[start:start + model.info.window_samples])
+    # the detector's five views, 50 ms apart and centred on the onset; the classifier's one window
+    for model, shifts in ((detector, (-1600, -800, 0, 800, 1600)), (classifier, (0,))):
+        assert len(model.windows) == len(shifts)
+        for window, shift in zip(model.windows, shifts):
+            start = onset + shift - model.info.pre_roll_samples
+            np.testing.assert_array_equal(window, audio[start:start + model.info.window_samples])
     assert events[0].label == "yes" and events[0].probabilities == {"yes": 0.7, "no": 0.3}
 
 
@@ -514,7 +545,8 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
         for start in range(0, audio.size, chunk):
             events += pipe.feed(audio[start:start + chunk])
         events += pipe.flush()
-        counts[gap_ms] = ([e.onset_sample for e in events], pipe.counters.merged, len(detector.windows))
+        counts[gap_ms] = ([e.onset_sample for e in events], pipe.counters.merged,
+                          len(detector.windows) // OnsetSettings().views)
     onsets, merged, scored = counts[0.0]
     assert len(onsets) == 3 and merged == 0, "without merging each phase is an event"
     for got, want in zip(onsets, (first, phase, second)):
@@ -522,6 +554,37 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
     onsets, merged, scored = counts[100.0]
     assert merged == 1 and scored == 3, "the second phase joins the first cough (scored: it scores no higher)"
     assert [abs(o - w) <= 320 for o, w in zip(onsets, (first, second))] == [True, True]
+
+
+class _ViewDetector(_RecordingModel):
+    """Gives each window of a call its own cough probability (0.2, 0.4, ...): a sound's score shows which views were
+    scored together and how they were combined."""
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        self.windows.extend(windows)
+        score = 0.2 * np.arange(1, len(windows) + 1, dtype=np.float32).clip(max=5)
+        return np.stack([score, 1 - score], axis=1)
+
+
+@pytest.mark.parametrize("chunk", [160, 1600, 16000 * 6])
+def test_a_sounds_cough_score_is_the_mean_over_its_views(chunk):
+    """One burst: five views (0.2..1.0) average to 0.6 and pass the 0.5 threshold; one view (0.2) does not."""
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio, _ = _two_phase_cough_then_a_bout_cough()
+    audio = audio[:41600]  # the first cough's two phases only (the bout's next cough starts at 43360)
+    found = {}
+    for views in (5, 1):
+        detector = _ViewDetector("det", 16000, 4000, [0, 0])
+        pipe = Pipeline(detector, _RecordingModel("cls", 16000, 4000, [0.7, 0.3]), "dev", synced=True,
+                        onset=OnsetDetector(16000, OnsetSettings(views=views)))
+        events = [e for start in range(0, audio.size, chunk) for e in pipe.feed(audio[start:start + chunk])]
+        found[views] = (events + pipe.flush(), pipe.counters)
+    (event,), counters = found[5]
+    assert event.cough_score == pytest.approx(0.6) and counters.merged == 1
+    events, counters = found[1]
+    assert events == [] and counters.rejected == 2, "one view scores 0.2 at each phase: both rejected"
 
 
 class _LoudnessDetector(_RecordingModel):

@@ -93,6 +93,43 @@ def test_tagger_settings_are_checked():
                  student=StudentSettings(kind="w2v-small")).validate()
 
 
+def test_label_check_leaves_out_the_recordings_the_tagger_hears_a_cough_in(tagger, tmp_path):
+    """A loud 'breathing' recording (the tiny tagger's Cough score rises with the peak) is left out; a quiet one and
+    every cough stay; the scores are cached by recording and tagger."""
+    from pathlib import Path
+
+    from trainer.data import Clip
+    from trainer.tagger import check_labels
+
+    def clip(name, label, peak):
+        audio = np.zeros(4000, dtype=np.float32)
+        audio[2000] = peak
+        return Clip(Path(f"/data/{name}.flac"), label, name, {"original_label": label}, sha256=name, audio=audio)
+
+    clips = [clip("loud", "breathing", 0.5), clip("quiet", "breathing", 0.01), clip("cough", "cough", 0.5)]
+    cache = tmp_path / "cache.json"
+    kept, rows = check_labels(f"onnx:{tagger}", "Cough", 0.5, clips, "cough", 16000, cache, progress=False)
+    assert [c.sha256 for c in kept] == ["quiet", "cough"]
+    assert [(r["label"], r["left_out"]) for r in rows] == [("breathing", True), ("breathing", False)]
+    assert rows[0]["score"] == pytest.approx(1 / (1 + np.exp(-8)), abs=1e-4)
+    assert rows[1]["score"] == pytest.approx(1 / (1 + np.exp(1.8)), abs=1e-4)
+    clips[0].audio = np.zeros(4000, dtype=np.float32)  # the same recording (by its digest): its score is remembered
+    kept, _ = check_labels(f"onnx:{tagger}", "Cough", 0.5, clips, "cough", 16000, cache, progress=False)
+    assert [c.sha256 for c in kept] == ["quiet", "cough"]
+    kept, rows = check_labels(f"onnx:{tagger}", "Speech", 0.5, clips, "cough", 16000, cache, progress=False)
+    assert [r["score"] for r in rows] == pytest.approx([1 / (1 + np.exp(1)), 1 / (1 + np.exp(0.9))], abs=1e-4)
+    assert len(kept) == 3, "other classes: the cache is not reused and nothing is heard"
+
+
+def test_label_check_settings_are_checked():
+    from trainer.settings import DataSettings, Settings
+
+    with pytest.raises(ValueError, match="data.label_check = 'y.onnx' must be onnx:PATH"):
+        Settings(data=DataSettings(manifest="x", label_check="y.onnx")).validate()
+    with pytest.raises(ValueError, match="data.label_check_min = 0.0 must be in \\(0, 1\\]"):
+        Settings(data=DataSettings(manifest="x", label_check_min=0.0)).validate()
+
+
 @pytest.mark.slow
 def test_distill_from_a_frozen_tagger(tagger, tmp_path):
     from trainer.__main__ import main
@@ -103,8 +140,8 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
                  "0", "--student-epochs", "1", "--student-widths", "4,8", "--data-val-fraction", "0.25",
                  "--data-test-fraction", "0.25", "--run-bootstrap", "10", "--data-background",
                  str(DATA / "room-sample"), "--kd-aux-teacher", f"onnx:{tagger}", "--kd-aux-classes", "Speech,Sneeze",
-                 "--data-synthetic-per-kind", "1",
-                 "--out", str(out)]) == 0
+                 "--data-synthetic-per-kind", "1", "--data-label-check", f"onnx:{tagger}",
+                 "--data-label-check-classes", "Sneeze", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["teacher"]["source"] == f"onnx:{tagger}"
     assert report["history"]["teacher"] == [] and {"kl", "ce", "aux"} <= set(report["history"]["student"][0])
@@ -117,5 +154,8 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
     teacher = load_checkpoint(out / "teacher")
     assert teacher.spec.kind == "onnx-tagger" and teacher.spec.classes == "Cough"
     assert count_parameters(teacher) == report["parameters"]["teacher"]
+    checked = (out / "label-check.csv").read_text().splitlines()
+    assert checked[0] == "path,label,score,left_out" and len(checked) > 1
+    assert all(row.endswith(",False") and ",negative," in row for row in checked[1:])  # Sneeze never reaches 0.5
     card = (out / "MODEL_CARD.md").read_text()
     assert "used frozen" in card and "auxiliary head" in card and "Speech,Sneeze" in card

@@ -29,9 +29,9 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
         _report({**chosen, "command": command}, chosen["chosen"], out and out / "threshold-sweep.json")
         if out:
             stream.plot_sweep(chosen, out / "threshold-sweep.png")
-    elif args.compare_detector:
-        result = stream.compare_detectors(cmd.stream, Path(m.detector), args.compare_detector, Path(m.classifier),
-                                          cmd.onset)
+    elif args.compare_detector or args.compare_views:
+        result = stream.compare_detectors(cmd.stream, Path(m.detector), args.compare_detector or Path(m.detector),
+                                          Path(m.classifier), cmd.onset, views_b=args.compare_views)
         _report({**result, "command": command}, {k: v for k, v in result.items() if k.startswith("sensitivity")
                                                   or k == "difference"}, out and out / "compare.json")
     else:
@@ -106,6 +106,9 @@ def add_stream(sub) -> None:
     p.add_argument("--compare-detector", type=Path, default=None, metavar="ONNX",
                    help="compare --model-detector (a) with this detector (b) on the stream: ROC-AUC of coughs against "
                         "background sounds and sensitivity at --stream-max-false-per-hour, a - b, paired bootstrap")
+    p.add_argument("--compare-views", type=int, default=None, metavar="N",
+                   help="the same comparison with (b) scoring each sound with N views (--onset-views; b is "
+                        "--model-detector itself unless --compare-detector names another)")
     p.add_argument("--choose-detector-threshold", action="store_true",
                    help="on a validation stream (--stream-split val): sweep the detector's threshold, write the most "
                         "sensitive one within --stream-max-false-per-hour into the detector file")

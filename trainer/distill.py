@@ -88,6 +88,8 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
         raise ValueError(f"data.positive_label is required: the manifest's labels are {all_labels}")
     labels = D.relabel(clips, positive)
     clips = D.load_audio(clips, sr, min_samples=sr // 10, progress=progress)
+    if s.data.label_check:
+        clips = check_labels(s, clips, positive, out, progress, write)
     parts = D.split(clips, val=s.data.val_fraction, test=s.data.test_fraction, seed=s.run.seed)
     log.info("splits: %s", D.describe(parts))
     if write:
@@ -110,6 +112,29 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
         f"{label} {train.phone[train.targets == i].mean():.1%}" for i, label in enumerate(labels)
         if (train.targets == i).any()))
     return RunData(labels, positive, parts, sets, train, window, pre_roll)
+
+
+def check_labels(s: Settings, clips: list[D.Clip], positive: str, out: Path, progress: bool,
+                 write: bool) -> list[D.Clip]:
+    """``--data-label-check``: leave out the recordings a pretrained tagger finds the positive class in although
+    they are labelled otherwise; ``label-check.csv`` in the run folder lists every recording it heard."""
+    import csv
+
+    from .tagger import check_labels as tagger_check
+
+    d = s.data
+    kept, rows = tagger_check(d.label_check, d.label_check_classes, d.label_check_min, clips, positive,
+                              d.sample_rate, out / "label_check_cache.json", progress)
+    left_out = [r for r in rows if r["left_out"]]
+    log.info("label check: %d of %d recordings not labelled %s left out (%s >= %g): %s", len(left_out), len(rows),
+             positive, d.label_check_classes, d.label_check_min,
+             ", ".join(f"{lab} {sum(r['label'] == lab for r in left_out)}" for lab in sorted({r["label"] for r in left_out})))
+    if write:
+        with (out / "label-check.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["path", "label", "score", "left_out"])
+            writer.writeheader()
+            writer.writerows({**r, "path": _portable(Path(r["path"]))} for r in rows)
+    return kept
 
 
 def add_synthetic(s: Settings, parts: dict[str, list[D.Clip]], labels: tuple[str, ...], positive: str) -> None:

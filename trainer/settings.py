@@ -66,6 +66,15 @@ class DataSettings:
     are never room audio."""
     sample_rate: int = 16000
     """Sample rate in Hz of the data, the model's front end, its exported metadata and so of the daemon."""
+    label_check: str = ""
+    """``onnx:PATH`` of a pretrained audio tagger (e.g. YAMNet) that listens to every recording not labelled
+    positive: one it scores ``label_check_min`` or more on ``label_check_classes`` anywhere holds what the manifest
+    says it does not (a cough in a Coswara breathing recording) and is left out of the run, room audio included
+    (listed in the run's ``label-check.csv``). Empty = every label is taken as given."""
+    label_check_classes: str = "Cough"
+    """The tagger's class names that make a recording suspect, comma-separated."""
+    label_check_min: float = 0.5
+    """Tagger score (0-1) from which a recording is left out."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +200,9 @@ class Settings:
              "must be onnx:PATH of a pretrained tagger"),
             (not k.aux_teacher or s.kind == "cnn", "student.kind", s.kind, "must be cnn for an auxiliary head"),
             (t.lr >= 0 and s.lr >= 0, "lr", (t.lr, s.lr), "must be >= 0"),
+            (not d.label_check or d.label_check.startswith("onnx:"), "data.label_check", d.label_check,
+             "must be onnx:PATH of a pretrained tagger"),
+            (0 < d.label_check_min <= 1, "data.label_check_min", d.label_check_min, "must be in (0, 1]"),
         ]
         for ok, key, value, why in checks:
             if not ok:

@@ -643,10 +643,11 @@ def detector_candidates(det, cls, stream: np.ndarray, truth: list[Placed], onset
 
 
 def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, onset: OnsetSettings | None = None,
-                      bootstrap: int = 1000) -> dict:
+                      bootstrap: int = 1000, views_b: int | None = None) -> dict:
     """Two cough detectors on the same stream (use ``--stream-split val`` to choose between them): ROC-AUC of
     placed coughs against background sounds and sensitivity at ``s.max_false_per_hour``, a minus b, with paired
-    bootstrap intervals (:func:`trainer.metrics.paired_stream_difference`)."""
+    bootstrap intervals (:func:`trainer.metrics.paired_stream_difference`). ``views_b``: b scores each sound with
+    that many views (``onset.views``) instead of a's."""
     from edge.inference import Model
 
     from .metrics import paired_stream_difference, sensitivity_at_false_rate
@@ -662,15 +663,18 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     hours = stream.size / rate / 3600
+    onset = onset or OnsetSettings()
+    onset_b = onset if views_b is None else replace(onset, views=views_b)
     found = {"a": detector_candidates(det_a, cls, stream, truth, onset),
-             "b": detector_candidates(det_b, cls, stream, truth, onset)}
+             "b": detector_candidates(det_b, cls, stream, truth, onset_b)}
     diff = paired_stream_difference(found["a"], found["b"], hours, false_per_hour=s.max_false_per_hour, n=bootstrap,
                                     seed=s.seed)
     groups = np.array([p.group or "(none)" for p in truth if p.kind == "cough"])
     by_group = {str(g): {"coughs": int((groups == g).sum()), **{
         k: sensitivity_at_false_rate(best[groups == g], background, hours, s.max_false_per_hour)
         for k, (best, background) in found.items()}} for g in sorted(set(groups.tolist()))}
-    return {"a": str(a), "b": str(b), "split": s.split, "coughs": int(groups.size), "hours": hours,
+    return {"a": str(a), "b": str(b), "views": {"a": onset.views, "b": onset_b.views}, "split": s.split,
+            "coughs": int(groups.size), "hours": hours,
             "difference": diff, f"sensitivity_at_{s.max_false_per_hour:g}_per_hour_by_group": by_group,
             "settings": asdict(s)}
 

@@ -108,3 +108,27 @@ class OnnxTagger(nn.Module):
         probs[:] = ((1 - p) / max(1, len(self.labels) - 1))[:, None]
         probs[:, self.positive] = p
         return torch.from_numpy(np.log(probs)).to(audio.device)
+
+
+def check_labels(source: str, classes: str, min_score: float, clips: list, positive: str, sample_rate: int,
+                 cache: Path, progress: bool = True) -> tuple[list, list[dict]]:
+    """``--data-label-check``: the recordings not labelled ``positive`` that the tagger ``source`` (``onnx:PATH``)
+    scores ``min_score`` or more on ``classes`` anywhere are left out. Returns the clips kept and one row per
+    recording checked (path, label, score, left_out). Scores are cached in ``cache`` by recording and tagger."""
+    import json
+
+    from tqdm import tqdm
+
+    tagger = OnnxTagger(source[len(PREFIX):], (positive, "other"), positive, classes, sample_rate)
+    key = {"tagger": bytes(tagger.file_sha256.tolist()).hex(), "columns": tagger.positive_columns}
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    scores = known.get("scores", {}) if all(known.get(k) == v for k, v in key.items()) else {}
+    checked = [c for c in clips if c.label != positive]
+    for c in tqdm(checked, desc="label check", unit="recording", disable=not progress, mininterval=5):
+        if c.sha256 not in scores:
+            scores[c.sha256] = float(tagger.class_scores(c.audio[None])[0, tagger.positive_columns].max())
+    cache.write_text(json.dumps({**key, "scores": scores}))
+    rows = [{"path": str(c.path), "label": c.extra.get("original_label", c.label), "score": round(scores[c.sha256], 4),
+             "left_out": scores[c.sha256] >= min_score} for c in checked]
+    out = {c.sha256 for c, r in zip(checked, rows) if r["left_out"]}
+    return [c for c in clips if c.sha256 not in out], rows
