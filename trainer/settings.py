@@ -70,7 +70,8 @@ class DataSettings:
     """``onnx:PATH`` of a pretrained audio tagger (e.g. YAMNet) that listens to every recording not labelled
     positive: one it scores ``label_check_min`` or more on ``label_check_classes`` anywhere holds what the manifest
     says it does not (a cough in a Coswara breathing recording) and is left out of the run, room audio included
-    (listed in the run's ``label-check.csv``). Empty = every label is taken as given."""
+    (listed in the run's ``label-check.csv``; ``background`` manifests are not checked). Empty = every label is
+    taken as given."""
     label_check_classes: str = "Cough"
     """The tagger's class names that make a recording suspect, comma-separated."""
     label_check_min: float = 0.5
