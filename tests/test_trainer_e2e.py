@@ -171,6 +171,11 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert d["difference"]["sensitivity_at_10_per_hour"]["diff"] == 0.0
     by_group = d["sensitivity_at_10_per_hour_by_group"]
     assert sum(g["coughs"] for g in by_group.values()) == d["coughs"] and all(g["a"] == g["b"] for g in by_group.values())
+    assert main([*args, "--compare-views", "3", "--out", str(tmp_path / "v")]) == 0
+    v = json.loads((tmp_path / "v" / "compare.json").read_text())
+    assert v["views"] == {"a": 1, "b": 3} and v["a"] == v["b"] == model and v["coughs"] == d["coughs"]
+    assert main([*args, "--compare-views", "2"]) == 2
+    assert "--compare-views 2: views = 2 must be an odd whole number" in capsys.readouterr().err
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
     assert "cough sensitivity" in (tmp_path / "a" / "stream.md").read_text()

@@ -653,6 +653,11 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     from .metrics import paired_stream_difference, sensitivity_at_false_rate
 
     s.validate()
+    onset = onset or OnsetSettings()
+    try:  # a bad count fails before any work
+        onset_b = onset if views_b is None else replace(onset, views=views_b)
+    except ValueError as exc:
+        raise ValueError(f"--compare-views {views_b}: {exc}") from exc
     if s.repeats != 1:
         raise ValueError(f"stream.repeats = {s.repeats}: the paired bootstrap draws placed coughs as independent, so "
                          "compare detectors on a stream that places each cough once (--stream-repeats 1)")
@@ -663,8 +668,6 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     hours = stream.size / rate / 3600
-    onset = onset or OnsetSettings()
-    onset_b = onset if views_b is None else replace(onset, views=views_b)
     found = {"a": detector_candidates(det_a, cls, stream, truth, onset),
              "b": detector_candidates(det_b, cls, stream, truth, onset_b)}
     diff = paired_stream_difference(found["a"], found["b"], hours, false_per_hour=s.max_false_per_hour, n=bootstrap,
