@@ -258,6 +258,29 @@ def test_stream_metrics_on_hand_made_events():
     assert ev["by_group"]["app"]["roc_auc_ci95"] is None and ev["pooled_ci95"][1] == 1.0
 
 
+def test_detector_clip_level_ranks_coughs_against_each_class_of_sound():
+    from trainer.stream import Placed, detector_clip_level
+
+    r = RATE
+    kinds = [("cough", "positive"), ("cough", "negative"), ("cough", "positive"), ("sound", "laughter"),
+             ("sound", "speech"), ("sound", "speech")]
+    truth = [Placed(kind, cls, "", str(i), 20.0, 2 * i * r, (2 * i + 1) * r) for i, (kind, cls) in enumerate(kinds)]
+    best = np.array([0.9, 0.6, np.nan, 0.7, 0.2, np.nan])  # NaN: the onset detector gave the clip no window
+    clip = detector_clip_level(truth, best)
+    pooled = clip["pooled"]
+    assert (pooled["coughs"], pooled["sounds"]) == (3, 3)
+    # every clip, no window scoring 0: of the 9 cough-sound pairs 0.6 < 0.7 and the unheard cough below 0.7 and
+    # 0.2 are wrong, and the unheard cough against the unheard speech clip is a tie (half)
+    assert pooled["roc_auc"] == pytest.approx(5.5 / 9)
+    assert clip["by_class"]["laughter"]["roc_auc"] == pytest.approx(1 / 3)
+    heard = clip["given_a_window"]
+    assert (heard["pooled"]["coughs"], heard["pooled"]["sounds"]) == (2, 2)
+    assert heard["pooled"]["roc_auc"] == pytest.approx(3 / 4)
+    assert heard["by_class"]["speech"]["roc_auc"] == 1.0 and heard["by_class"]["speech"]["sounds"] == 1
+    lo, hi = heard["pooled"]["roc_auc_ci95"]
+    assert lo <= 3 / 4 <= hi
+
+
 def test_background_events_are_split_by_whether_the_room_passed_the_telephone_band():
     from trainer.stream import Placed, StreamEvent, score_stream
 

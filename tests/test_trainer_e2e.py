@@ -156,6 +156,10 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert gate["n"] == a["coughs"]["n"] and gate["with_event"] >= a["coughs"]["with_event"], \
         "every event is at an onset, so the onset detector alone finds at least what the pipeline does"
     assert a["onset_settings"]["merge_gap_ms"] == 100.0
+    clip = a["detector_clip_level"]
+    assert clip["pooled"]["coughs"] == a["coughs"]["n"] and clip["pooled"]["sounds"] == a["sounds"]["n"]
+    assert clip["given_a_window"]["pooled"]["coughs"] == a["onset_gate"]["coughs"]["with_event"]
+    assert "Clip by clip" in (tmp_path / "a" / "stream.md").read_text()
     assert main([*args, "--onset-merge-gap-ms", "0", "--stream-sound-class-by", "participant",
                  "--stream-synthetic-per-kind", "2", "--out", str(tmp_path / "c")]) == 0
     c = json.loads((tmp_path / "c" / "stream.json").read_text())

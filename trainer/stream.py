@@ -556,9 +556,11 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     if audio_out is not None:
         write_stream(audio_out, stream, rate, truth)
     events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold, onset)
+    best, _ = placed_scores(det, cls, stream, truth, onset)
     result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
                           positive_label=cls.info.positive_label, levels=s.levels)
     result["onset_gate"] = onset_gate(truth, stream, rate, onset, s.levels)
+    result["detector_clip_level"] = detector_clip_level(truth, best)
     result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
     result["real_time_factor"] = seconds / (stream.size / rate)
     threshold = det.info.threshold if detector_threshold is None else detector_threshold
@@ -626,20 +628,48 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
 
 
-def detector_candidates(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def placed_scores(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The cough detector's score at every sound of the stream, through the daemon's pipeline with nothing
-    merged: (the best score in each placed cough's span, 0 where no sound, and the score of each sound in no
-    placed span)."""
+    merged: (the best score in each placed clip's span, in ``truth`` order, NaN where the onset detector found no
+    sound; the score of each sound in no placed span)."""
     events, _ = run_daemon_pipeline(det, cls, stream, 0.0, replace(onset or OnsetSettings(), merge_gap_ms=0.0,
                                                                         supersede_ms=0.0))
     hits = match_events(truth, [e.onset for e in events], det.info.sample_rate)
     scores = np.array([e.cough_score for e in events])
-    best = np.array([max((scores[i] for i in h), default=0.0) for p, h in zip(truth, hits) if p.kind == "cough"])
+    best = np.array([max((scores[i] for i in h), default=np.nan) for h in hits], dtype=float)
     placed = np.zeros(len(events), dtype=bool)
     for h in hits:
         placed[h] = True
     return best, scores[~placed]
+
+
+def detector_candidates(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`placed_scores` for the placed coughs only (0 where no sound), and the background sounds' scores."""
+    best, background = placed_scores(det, cls, stream, truth, onset)
+    return np.nan_to_num(best[np.array([p.kind == "cough" for p in truth], dtype=bool)], nan=0.0), background
+
+
+def detector_clip_level(truth: list[Placed], best: np.ndarray) -> dict:
+    """Clip by clip, in the stream: ROC-AUC of the placed coughs' best cough scores (:func:`placed_scores`)
+    against the placed non-cough sounds', pooled and against each class of sound on its own (pure). A clip the
+    onset detector gave no window (NaN) scores 0; ``given_a_window`` leaves such clips out on both sides: the
+    detector's own judgement of what the gate hands it."""
+    coughs = [float(b) for p, b in zip(truth, best) if p.kind == "cough"]
+    sounds = [(p.cls, float(b)) for p, b in zip(truth, best) if p.kind == "sound"]
+
+    def against(scores: list[float], heard_only: bool = False) -> dict:
+        pos = [b for b in coughs if not (heard_only and math.isnan(b))]
+        neg = [b for b in scores if not (heard_only and math.isnan(b))]
+        figures = _auc_figures([True] * len(pos) + [False] * len(neg), list(np.nan_to_num(pos + neg, nan=0.0)))
+        return {"coughs": len(pos), "sounds": len(neg), **figures}
+
+    classes = sorted({k for k, _ in sounds})
+    return {"pooled": against([b for _, b in sounds]),
+            "by_class": {c: against([b for k, b in sounds if k == c]) for c in classes},
+            "given_a_window": {"pooled": against([b for _, b in sounds], True),
+                               "by_class": {c: against([b for k, b in sounds if k == c], True) for c in classes}}}
 
 
 def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, onset: OnsetSettings | None = None,
@@ -744,7 +774,8 @@ def _auc_cell(figures: dict) -> str:
 
 def markdown(result: dict) -> list[str]:
     """The benchmark as README/report lines: detection, the room's false events, the onset gate, the classifier."""
-    return [*_detection_lines(result), *_background_lines(result), *_gate_lines(result), *_classifier_lines(result),
+    return [*_detection_lines(result), *_background_lines(result), *_gate_lines(result),
+            *_clip_level_lines(result), *_classifier_lines(result),
             f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
             f"{result['real_time_factor']:.4f} (this machine, one process)."]
 
@@ -802,6 +833,21 @@ def _gate_lines(result: dict) -> list[str]:
             + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find"
             + (f" (bouts: first {_pct(bouts['first']['share'])}, next {_pct(bouts['next']['share'])})" if bouts else "")
             + ".", ""]
+
+
+def _clip_level_lines(result: dict) -> list[str]:
+    clip = result.get("detector_clip_level")
+    if not clip:
+        return []
+
+    def line(figures: dict) -> str:
+        return (f"ROC-AUC of the {figures['pooled']['coughs']} coughs against the {figures['pooled']['sounds']} other "
+                f"sounds {_auc_cell(figures['pooled'])}; against each class: " + ", ".join(
+                    f"{k} {_auc_cell(v)} ({v['sounds']})" for k, v in figures["by_class"].items()))
+
+    return ["Clip by clip (each placed clip's best cough score over the sounds in its span, nothing merged; 0 where "
+            f"the onset detector gave it no window): {line(clip)}. Among the clips given a window: "
+            f"{line(clip['given_a_window'])}.", ""]
 
 
 def _classifier_lines(result: dict) -> list[str]:
