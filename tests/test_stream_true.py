@@ -119,6 +119,22 @@ def test_split_is_stable_whatever_else_a_run_loads():
     assert 15 <= sum(s == "test" for s in a.values()) <= 45
 
 
+def test_a_runs_seed_leaves_its_splits_alone_and_the_split_seed_moves_them(tmp_path):
+    from trainer.distill import prepare_data
+    from trainer.settings import DataSettings, RunSettings, Settings
+
+    def parts(run_seed: int, split_seed: int) -> dict:
+        s = Settings(data=DataSettings(manifest=str(DATA / "covid-sample"), val_fraction=0.25, test_fraction=0.25,
+                                       split_seed=split_seed, room_windows=False),
+                     run=RunSettings(seed=run_seed, out=str(tmp_path))).validate()
+        rd = prepare_data(s, tmp_path, progress=False, write=False)
+        return {name: sorted(c.sha256 for c in part) for name, part in rd.parts.items()}
+
+    first = parts(0, 0)
+    assert parts(1, 0) == first, "another run seed: the same recordings in each split"
+    assert parts(0, 1) != first, "another split seed: other splits"
+
+
 def test_single_event_keeps_a_coughs_phases_together_and_stops_at_the_next_cough():
     from trainer.stream import single_event
 

@@ -53,7 +53,8 @@ def _report(result: dict, shown: dict, path: Path | None) -> None:
 
 EVALUATE_KEYS = [*(f"data.{k}" for k in ("manifest", "label_map", "positive_label", "group_by", "pad", "background",
                                          "background_labels", "level_min_db", "level_max_db", "room_windows",
-                                         "context_before_s", "val_fraction", "test_fraction", "synthetic_per_kind")),
+                                         "context_before_s", "val_fraction", "test_fraction", "split_seed",
+                                         "synthetic_per_kind")),
                  "onset", "run.seed", "run.bootstrap"]
 """The settings of `trainer distill` that `trainer evaluate` reads (a run's settings.json gives them all)."""
 EXPORT_KEYS = ["data.manifest", "data.label_map", "teacher.source", "run.seed", "run.quantize"]

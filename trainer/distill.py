@@ -74,7 +74,7 @@ def background_pools(s: Settings, parts: dict[str, list[D.Clip]], positive: str,
     pools: dict[str, list[D.Clip]] = {"train": [], "val": [], "test": []}
     for c in clips:
         pools[D.split_of(c.group or c.sha256, val=s.data.val_fraction, test=s.data.test_fraction,
-                         seed=s.run.seed)].append(c)
+                         seed=s.data.split_seed)].append(c)
     return pools
 
 
@@ -90,7 +90,7 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
     clips = D.load_audio(clips, sr, min_samples=sr // 10, progress=progress)
     if s.data.label_check:
         clips = check_labels(s, clips, positive, out, progress, write)
-    parts = D.split(clips, val=s.data.val_fraction, test=s.data.test_fraction, seed=s.run.seed)
+    parts = D.split(clips, val=s.data.val_fraction, test=s.data.test_fraction, seed=s.data.split_seed)
     log.info("splits: %s", D.describe(parts))
     if write:
         with (out / "splits.csv").open("w") as fh:

@@ -62,7 +62,7 @@ def evaluate_file(model_path: Path, s: Settings, *, split: str = "all", threshol
         raise ValueError(f"manifest labels {sorted(unknown)} are not among the model's labels {list(m.labels)}")
     clips = D.load_audio(clips, m.sample_rate, min_samples=m.sample_rate // 10)
     parts = {"all": clips} if split == "all" else D.split(clips, val=d.val_fraction, test=d.test_fraction,
-                                                            seed=s.run.seed)
+                                                            seed=s.data.split_seed)
     pools = background_pools(s, parts, positive, progress=False)
     add_synthetic(s, parts, m.labels, positive)
     maker = SceneMaker(context_settings(s), [c for part in pools.values() for c in part] if split == "all"

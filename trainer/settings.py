@@ -58,6 +58,10 @@ class DataSettings:
     """Share of groups held out for validation (model and threshold selection)."""
     test_fraction: float = 0.15
     """Share of groups held out for the final test."""
+    split_seed: int = 0
+    """Seed of the stable split rule (which groups are training, validation and test); `trainer stream`'s
+    ``--stream-seed`` must match it for its streams to hold held-out recordings only. Apart from ``run.seed``, so
+    that a second training run can change its own randomness and keep its splits."""
     crops_per_clip: int = 4
     """Training scenes per recording, one onset window from each (the teacher's outputs are cached per window)."""
     synthetic_per_kind: int = 0
