@@ -147,7 +147,7 @@ class RunSettings:
     out: str = "runs/latest"
     """Run folder."""
     seed: int = 0
-    """Seed for splits, crops, augmentation and initialisation."""
+    """Seed for scenes, crops, augmentation, initialisation and batches (the splits follow ``data.split_seed``)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     warmup_epochs: int = 2

@@ -1,8 +1,8 @@
 """`trainer stream`: the daemon's own ``Pipeline`` on held-out streams with sounds at known times and levels.
 
 The builder takes one split (``test`` by default) of the given manifests, by the trainer's stable split
-rule, so no recording in it was trained on or selected by any model trained with the same seed and
-fractions. From each cough recording it cuts one *single cough* (:func:`single_event`), from each
+rule, so no recording in it was trained on or selected by any model trained with the same split seed
+(``--data-split-seed``) and fractions. From each cough recording it cuts one *single cough* (:func:`single_event`), from each
 non-cough recording one sound event by the same rule, and places them, shuffled, a few seconds apart into a
 *room* made of other held-out non-cough recordings (other groups than the placed sounds). Each placed
 sound's loudest 10 ms frame is a known number of dB above the room's RMS. The stream then runs through
@@ -68,7 +68,7 @@ class StreamSettings:
     split: str = "test"
     """Which split of the manifests the stream is made of: ``test`` or ``val``."""
     seed: int = 0
-    """Seed of the split (as in `trainer distill`) and of the stream's layout."""
+    """Seed of the split (`trainer distill`'s ``--data-split-seed``) and of the stream's layout."""
     val_fraction: float = 0.15
     """As in `trainer distill`: the split must be the models' own."""
     test_fraction: float = 0.15
