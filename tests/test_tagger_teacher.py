@@ -99,7 +99,7 @@ def test_label_check_leaves_out_the_recordings_the_tagger_hears_a_cough_in(tagge
     from pathlib import Path
 
     from trainer.data import Clip
-    from trainer.tagger import check_labels
+    from trainer.tagger import check_labels, label_checker
 
     def clip(name, label, peak):
         audio = np.zeros(4000, dtype=np.float32)
@@ -108,21 +108,29 @@ def test_label_check_leaves_out_the_recordings_the_tagger_hears_a_cough_in(tagge
 
     clips = [clip("loud", "breathing", 0.5), clip("quiet", "breathing", 0.01), clip("cough", "cough", 0.5)]
     cache = tmp_path / "cache.json"
-    kept, rows = check_labels(f"onnx:{tagger}", "Cough", 0.5, clips, "cough", 16000, cache, progress=False)
+    cough = label_checker(f"onnx:{tagger}", "Cough", "cough", 16000)
+    kept, rows = check_labels(cough, 0.5, clips, "cough", cache, progress=False)
     assert [c.sha256 for c in kept] == ["quiet", "cough"]
     assert [(r["label"], r["left_out"]) for r in rows] == [("breathing", True), ("breathing", False)]
     assert rows[0]["score"] == pytest.approx(1 / (1 + np.exp(-8)), abs=1e-4)
     assert rows[1]["score"] == pytest.approx(1 / (1 + np.exp(1.8)), abs=1e-4)
     clips[0].audio = np.zeros(4000, dtype=np.float32)  # the same recording (by its digest): its score is remembered
-    kept, _ = check_labels(f"onnx:{tagger}", "Cough", 0.5, clips, "cough", 16000, cache, progress=False)
+    kept, _ = check_labels(cough, 0.5, clips, "cough", cache, progress=False)
     assert [c.sha256 for c in kept] == ["quiet", "cough"]
-    kept, rows = check_labels(f"onnx:{tagger}", "Speech", 0.5, clips, "cough", 16000, cache, progress=False)
+    speech = label_checker(f"onnx:{tagger}", "Speech", "cough", 16000)
+    kept, rows = check_labels(speech, 0.5, clips, "cough", cache, progress=False)
     assert [r["score"] for r in rows] == pytest.approx([1 / (1 + np.exp(1)), 1 / (1 + np.exp(0.9))], abs=1e-4)
     assert len(kept) == 3, "other classes: the cache is not reused and nothing is heard"
 
 
-def test_label_check_settings_are_checked():
+def test_label_check_settings_are_checked(tagger, tmp_path):
     from trainer.settings import DataSettings, Settings
+    from trainer.tagger import label_checker
+
+    with pytest.raises(FileNotFoundError, match="data.label_check = 'onnx:.*missing.onnx': no such ONNX file"):
+        label_checker(f"onnx:{tmp_path / 'missing.onnx'}", "Cough", "cough", 16000)
+    with pytest.raises(ValueError, match="data.label_check_classes = 'Coughing': 'Coughing' is not one"):
+        label_checker(f"onnx:{tagger}", "Coughing", "cough", 16000)
 
     with pytest.raises(ValueError, match="data.label_check = 'y.onnx' must be onnx:PATH"):
         Settings(data=DataSettings(manifest="x", label_check="y.onnx")).validate()

@@ -25,6 +25,8 @@ from .export import contract_metadata, export_onnx, quantize_int8, run_onnx, set
 from .models import build_cnn_student, build_teacher, build_w2v_small, count_parameters, save_checkpoint
 from .report import write_model_card, write_report
 from .settings import Settings
+from .tagger import check_labels as tagger_check
+from .tagger import label_checker
 from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, ce_step, evaluation_windows, fit,
                     make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache, training_windows)
 
@@ -87,9 +89,11 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
     if not positive:
         raise ValueError(f"data.positive_label is required: the manifest's labels are {all_labels}")
     labels = D.relabel(clips, positive)
+    checker = label_checker(s.data.label_check, s.data.label_check_classes, positive, sr) \
+        if s.data.label_check else None
     clips = D.load_audio(clips, sr, min_samples=sr // 10, progress=progress)
-    if s.data.label_check:
-        clips = check_labels(s, clips, positive, out, progress, write)
+    if checker is not None:
+        clips = check_labels(s, checker, clips, positive, out, progress, write)
     parts = D.split(clips, val=s.data.val_fraction, test=s.data.test_fraction, seed=s.data.split_seed)
     log.info("splits: %s", D.describe(parts))
     if write:
@@ -114,17 +118,14 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
     return RunData(labels, positive, parts, sets, train, window, pre_roll)
 
 
-def check_labels(s: Settings, clips: list[D.Clip], positive: str, out: Path, progress: bool,
+def check_labels(s: Settings, checker, clips: list[D.Clip], positive: str, out: Path, progress: bool,
                  write: bool) -> list[D.Clip]:
     """``--data-label-check``: leave out the recordings a pretrained tagger finds the positive class in although
     they are labelled otherwise; ``label-check.csv`` in the run folder lists every recording it heard."""
     import csv
 
-    from .tagger import check_labels as tagger_check
-
     d = s.data
-    kept, rows = tagger_check(d.label_check, d.label_check_classes, d.label_check_min, clips, positive,
-                              d.sample_rate, out / "label_check_cache.json", progress)
+    kept, rows = tagger_check(checker, d.label_check_min, clips, positive, out / "label_check_cache.json", progress)
     left_out = [r for r in rows if r["left_out"]]
     log.info("label check: %d of %d recordings not labelled %s left out (%s >= %g): %s", len(left_out), len(rows),
              positive, d.label_check_classes, d.label_check_min,

@@ -110,16 +110,25 @@ class OnnxTagger(nn.Module):
         return torch.from_numpy(np.log(probs)).to(audio.device)
 
 
-def check_labels(source: str, classes: str, min_score: float, clips: list, positive: str, sample_rate: int,
-                 cache: Path, progress: bool = True) -> tuple[list, list[dict]]:
-    """``--data-label-check``: the recordings not labelled ``positive`` that the tagger ``source`` (``onnx:PATH``)
-    scores ``min_score`` or more on ``classes`` anywhere are left out. Returns the clips kept and one row per
+def label_checker(source: str, classes: str, positive: str, sample_rate: int) -> OnnxTagger:
+    """The tagger of ``--data-label-check`` (``onnx:PATH``), loaded before any audio is: a missing file or an unknown
+    class name fails at once, naming the setting."""
+    path = Path(source[len(PREFIX):])
+    if not path.is_file():
+        raise FileNotFoundError(f"data.label_check = {source!r}: no such ONNX file")
+    parse_class_names(classes, read_class_names(path), "data.label_check_classes")
+    return OnnxTagger(path, (positive, "other"), positive, classes, sample_rate)
+
+
+def check_labels(tagger: OnnxTagger, min_score: float, clips: list, positive: str, cache: Path,
+                 progress: bool = True) -> tuple[list, list[dict]]:
+    """``--data-label-check``: the recordings not labelled ``positive`` that ``tagger`` (:func:`label_checker`)
+    scores ``min_score`` or more on its classes anywhere are left out. Returns the clips kept and one row per
     recording checked (path, label, score, left_out). Scores are cached in ``cache`` by recording and tagger."""
     import json
 
     from tqdm import tqdm
 
-    tagger = OnnxTagger(source[len(PREFIX):], (positive, "other"), positive, classes, sample_rate)
     key = {"tagger": bytes(tagger.file_sha256.tolist()).hex(), "columns": tagger.positive_columns}
     known = json.loads(cache.read_text()) if cache.is_file() else {}
     scores = known.get("scores", {}) if all(known.get(k) == v for k, v in key.items()) else {}
