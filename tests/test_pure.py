@@ -467,6 +467,12 @@ class _RecordingModel:
         return np.repeat(self.probs, len(windows), axis=0)
 
 
+def _replay(pipe, audio: np.ndarray, chunk: int) -> list:
+    """``audio`` fed through ``pipe`` in chunks of ``chunk`` samples, then flushed: every event it published."""
+    events = [e for start in range(0, audio.size, chunk) for e in pipe.feed(audio[start:start + chunk])]
+    return events + pipe.flush()
+
+
 @pytest.mark.parametrize("chunk", [160, 1000, 4800])
 def test_pipeline_cuts_each_models_own_window_around_the_onset(chunk):
     from edge.pipeline import Pipeline
@@ -539,12 +545,9 @@ def test_a_coughs_later_phases_are_one_event_and_the_next_cough_of_a_bout_is_ano
     counts = {}
     for gap_ms in (0.0, 100.0):
         detector = _RecordingModel("det", 16000, 1600, [0.9, 0.1])
-        events = []
         pipe = Pipeline(detector, _RecordingModel("cls", 16000, 1600, [0.7, 0.3]), "dev",
                         onset=OnsetDetector(16000, OnsetSettings(merge_gap_ms=gap_ms)), synced=True)
-        for start in range(0, audio.size, chunk):
-            events += pipe.feed(audio[start:start + chunk])
-        events += pipe.flush()
+        events = _replay(pipe, audio, chunk)
         counts[gap_ms] = ([e.onset_sample for e in events], pipe.counters.merged,
                           len(detector.windows) // OnsetSettings().views)
     onsets, merged, scored = counts[0.0]
@@ -579,8 +582,7 @@ def test_a_sounds_cough_score_is_the_mean_over_its_views(chunk):
         detector = _ViewDetector("det", 16000, 4000, [0, 0])
         pipe = Pipeline(detector, _RecordingModel("cls", 16000, 4000, [0.7, 0.3]), "dev", synced=True,
                         onset=OnsetDetector(16000, OnsetSettings(views=views)))
-        events = [e for start in range(0, audio.size, chunk) for e in pipe.feed(audio[start:start + chunk])]
-        found[views] = (events + pipe.flush(), pipe.counters)
+        found[views] = (_replay(pipe, audio, chunk), pipe.counters)
     (event,), counters = found[5]
     assert event.cough_score == pytest.approx(0.6) and counters.merged == 1
     events, counters = found[1]
@@ -627,10 +629,7 @@ def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_su
     audio = _sounds_at(spec)
     pipe = Pipeline(_LoudnessDetector("det", 16000, 4000, [0, 0]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms)), synced=True)
-    published = []
-    for start in range(0, audio.size, chunk):
-        published += pipe.feed(audio[start:start + chunk])
-    published += pipe.flush()
+    published = _replay(pipe, audio, chunk)
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
     assert pipe.health()["superseded"] == superseded and pipe.health()["events"] == len(want)
     c = pipe.counters
@@ -653,10 +652,7 @@ def test_an_accepted_sound_yields_to_a_much_louder_one_however_they_score(chunk,
     settings = OnsetSettings(supersede_louder_db=louder_db)
     pipe = Pipeline(_RecordingModel("det", 16000, 4000, [0.95, 0.05]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, settings), synced=True)
-    published = []
-    for start in range(0, audio.size, chunk):
-        published += pipe.feed(audio[start:start + chunk])
-    published += pipe.flush()
+    published = _replay(pipe, audio, chunk)
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
     assert pipe.counters.superseded == len(spec) - len(want)
 
@@ -696,12 +692,9 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     rise = 32000 + rise_after_ms * 16
     audio[32000:rise] += (0.05 * rng.standard_normal(rise - 32000)).astype(np.float32)
     audio[rise:rise + 4800] += (0.4 * rng.standard_normal(4800)).astype(np.float32)
-    got = []
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_louder_db=0.0)), synced=True)
-    for start in range(0, audio.size, 1600):
-        got += pipe.feed(audio[start:start + 1600])
-    got += pipe.flush()
+    got = _replay(pipe, audio, 1600)
     assert pipe.counters.sounds == 2, "the rise re-triggers the onset detector"
     assert len(got) == events and pipe.counters.merged == 2 - events
 
@@ -722,10 +715,7 @@ def test_a_pause_below_the_coughs_peak_keeps_the_next_cough_of_a_bout_apart(paus
         audio[start:start + n] += (amp * rng.standard_normal(n)).astype(np.float32)
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, OnsetSettings(merge_pause_db=pause_db)), synced=True)
-    got = []
-    for start in range(0, audio.size, chunk):
-        got += pipe.feed(audio[start:start + chunk])
-    got += pipe.flush()
+    got = _replay(pipe, audio, chunk)
     assert pipe.counters.sounds == 2, "the second burst re-triggers the onset detector inside the first sound"
     assert [round(e.onset_sample / 16000, 2) for e in got] == [2.0, 2.32][:events]
     assert pipe.counters.merged == 2 - events

@@ -127,7 +127,7 @@ def test_label_check_settings_are_checked(tagger, tmp_path):
     from trainer.settings import DataSettings, Settings
     from trainer.tagger import label_checker
 
-    with pytest.raises(FileNotFoundError, match="data.label_check = 'onnx:.*missing.onnx': no such ONNX file"):
+    with pytest.raises(FileNotFoundError, match="data.label_check = onnx:.*missing.onnx: no such ONNX file"):
         label_checker(f"onnx:{tmp_path / 'missing.onnx'}", "Cough", "cough", 16000)
     with pytest.raises(ValueError, match="data.label_check_classes = 'Coughing': 'Coughing' is not one"):
         label_checker(f"onnx:{tagger}", "Coughing", "cough", 16000)

@@ -60,18 +60,19 @@ class OnnxTagger(nn.Module):
     """A frozen tagger with the teacher interface: ``[batch, samples]`` audio -> logits over our labels."""
 
     def __init__(self, path: str | Path, labels: tuple[str, ...], positive_label: str, classes: str,
-                 sample_rate: int) -> None:
+                 sample_rate: int, setting: str = "teacher", classes_setting: str = "teacher.classes") -> None:
+        """``setting`` and ``classes_setting``: the settings that named the file and the classes; errors name them."""
         super().__init__()
         from edge.inference import make_session
 
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"teacher {PREFIX}{path}: no such ONNX file")
+            raise FileNotFoundError(f"{setting} = {PREFIX}{path}: no such ONNX file")
         if sample_rate != TAGGER_RATE:
-            raise ValueError(f"teacher {PREFIX}{path} hears {TAGGER_RATE} Hz audio but data.sample_rate is "
+            raise ValueError(f"{setting} = {PREFIX}{path} hears {TAGGER_RATE} Hz audio but data.sample_rate is "
                              f"{sample_rate} Hz")
         self.class_names = read_class_names(self.path)
-        wanted = parse_class_names(classes, self.class_names, "teacher.classes")
+        wanted = parse_class_names(classes, self.class_names, classes_setting)
         self.positive_columns = [self.class_names.index(c) for c in wanted]
         self.labels, self.positive = labels, labels.index(positive_label)
         self.session = make_session(self.path)
@@ -113,11 +114,8 @@ class OnnxTagger(nn.Module):
 def label_checker(source: str, classes: str, positive: str, sample_rate: int) -> OnnxTagger:
     """The tagger of ``--data-label-check`` (``onnx:PATH``), loaded before any audio is: a missing file or an unknown
     class name fails at once, naming the setting."""
-    path = Path(source[len(PREFIX):])
-    if not path.is_file():
-        raise FileNotFoundError(f"data.label_check = {source!r}: no such ONNX file")
-    parse_class_names(classes, read_class_names(path), "data.label_check_classes")
-    return OnnxTagger(path, (positive, "other"), positive, classes, sample_rate)
+    return OnnxTagger(source[len(PREFIX):], (positive, "other"), positive, classes, sample_rate, "data.label_check",
+                      "data.label_check_classes")
 
 
 def check_labels(tagger: OnnxTagger, min_score: float, clips: list, positive: str, cache: Path,
