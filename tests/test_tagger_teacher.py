@@ -167,3 +167,88 @@ def test_distill_from_a_frozen_tagger(tagger, tmp_path):
     assert all(row.endswith(",False") and ",negative," in row for row in checked[1:])  # Sneeze never reaches 0.5
     card = (out / "MODEL_CARD.md").read_text()
     assert "used frozen" in card and "auxiliary head" in card and "Speech,Sneeze" in card
+
+
+@pytest.fixture(scope="module")
+def embedder(tmp_path_factory):
+    """A real ONNX tagger with an ``embedding`` output: ``[peak, mean |x|]`` of its 1600-sample window."""
+
+    class Tiny(torch.nn.Module):
+        def forward(self, waveform):
+            peak = waveform.abs().amax(dim=1, keepdim=True)
+            level = waveform.abs().mean(dim=1, keepdim=True)
+            return torch.sigmoid(torch.cat([peak, -peak], dim=1)), torch.cat([peak, level], dim=1)
+
+    folder = tmp_path_factory.mktemp("embedder")
+    torch.onnx.export(Tiny(), (torch.zeros(1, 1600),), str(folder / "tiny.onnx"), input_names=["waveform"],
+                      output_names=["scores", "embedding"], opset_version=17, dynamo=False)
+    (folder / "class_map.csv").write_text("index,mid,display_name\n0,/m/a,Cough\n1,/m/b,Speech\n")
+    return folder / "tiny.onnx"
+
+
+def _probe(path):
+    from trainer.models import build_teacher
+
+    return build_teacher(f"onnx:{path}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000,
+                         head="probe")
+
+
+def test_probe_reads_the_mean_and_maximum_of_the_embedding_over_the_positions(embedder):
+    teacher = _probe(embedder)
+    x = np.zeros((1, 4000), dtype=np.float32)
+    x[0, 3500] = 0.5  # positions start at 0, 800, 1600, 2400: only the last holds it
+    np.testing.assert_allclose(teacher.features(x)[0], [0.5 / 4, 0.5 / 1600 / 4, 0.5, 0.5 / 1600], rtol=1e-5)
+
+
+def test_probe_is_fitted_on_our_labels_chosen_on_validation_and_survives_a_checkpoint(embedder, tmp_path):
+    from trainer.models import count_parameters, load_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+
+    def windows(n):  # coughs here are the louder windows: the tagger's own classes know nothing of it
+        loud = rng.random(n) < 0.5
+        x = (rng.standard_normal((n, 4000)) * np.where(loud, 0.3, 0.05)[:, None]).astype(np.float32)
+        return x, np.where(loud, 0, 1)
+
+    (train, y_train), (val, y_val), (test, y_test) = windows(60), windows(30), windows(30)
+    teacher = _probe(embedder)
+    scores = teacher.fit(train, y_train, val, y_val)
+    assert set(scores) == {0.001, 0.003, 0.01, 0.03, 0.1, 1.0} and max(scores.values()) == 1.0
+    probs = torch.softmax(teacher(torch.from_numpy(test)), -1).detach().numpy()
+    assert (probs[y_test == 0, 0] > 0.5).all() and (probs[y_test == 1, 0] < 0.5).all()
+    assert count_parameters(teacher) == 2 * 4 + 2 + teacher.tagger.n_parameters
+    save_checkpoint(teacher, tmp_path / "teacher")
+    again = load_checkpoint(tmp_path / "teacher")
+    assert again.spec.kind == "onnx-probe"
+    torch.testing.assert_close(again(torch.from_numpy(test)), teacher(torch.from_numpy(test)))
+    with pytest.raises(ValueError, match=r"no training window of \['not_cough'\]"):
+        _probe(embedder).fit(train, np.zeros(60, int), val, y_val)
+
+
+def test_probe_needs_an_embedding_output_and_an_onnx_teacher(tagger):
+    from trainer.settings import DataSettings, Settings, TeacherSettings
+
+    with pytest.raises(ValueError, match=r"has no output named 'embedding' \(its outputs: \['scores'\]\)"):
+        _probe(tagger)
+    with pytest.raises(ValueError, match="teacher.head = 'probe' must be classes unless teacher.source is onnx:PATH"):
+        Settings(data=DataSettings(manifest="x"), teacher=TeacherSettings(source="preset:tiny", head="probe")).validate()
+    with pytest.raises(ValueError, match="teacher.head = 'linear' must be classes or probe"):
+        Settings(data=DataSettings(manifest="x"),
+                 teacher=TeacherSettings(source="onnx:y.onnx", epochs=0, head="linear")).validate()
+
+
+def test_distill_from_a_probe_on_a_tagger(embedder, tmp_path):
+    from trainer.__main__ import main
+    from trainer.models import load_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", f"onnx:{embedder}", "--teacher-head",
+                 "probe", "--teacher-epochs", "0", "--student-epochs", "1", "--student-widths", "4,8",
+                 "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "10",
+                 "--data-background", str(DATA / "room-sample"), "--out", str(out)]) == 0
+    teacher = load_checkpoint(out / "teacher")
+    assert teacher.spec.kind == "onnx-probe" and float(teacher.head.weight.abs().sum()) > 0
+    from edge.inference import Model
+
+    assert Model(out / "student.int8.onnx").info.teacher == f"onnx:{embedder} (embedding probe)"
+    assert "logistic regression on its embedding" in (out / "MODEL_CARD.md").read_text()

@@ -168,7 +168,9 @@ def _portable(path: Path) -> str:
 def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: Selection):
     teacher = build_teacher(s.teacher.source, rd.labels, rd.positive, window_samples=rd.window,
                             pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
-                            classes=s.teacher.classes)
+                            classes=s.teacher.classes, head=s.teacher.head)
+    if s.teacher.head == "probe":
+        fit_probe(teacher, rd)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
     if freeze and hasattr(teacher, "model"):
@@ -185,6 +187,15 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
         save_checkpoint(teacher.cpu(), out / "teacher")
     accelerator.wait_for_everyone()
     return teacher.to(accelerator.device), history
+
+
+def fit_probe(teacher, rd: RunData) -> None:
+    """``--teacher-head probe``: the head on the tagger's embedding, fitted on the clean training windows (the
+    student's crops) and chosen on the validation windows, as every other choice is."""
+    val = rd.sets["val"]
+    scores = teacher.fit(rd.train.windows, rd.train.targets, val.windows, val.targets)
+    log.info("teacher probe: validation ROC-AUC by C: %s; kept C=%g", ", ".join(f"{c:g}: {v:.4f}" for c, v in
+                                                                                scores.items()), max(scores, key=scores.get))
 
 
 def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, selection: Selection):
@@ -233,7 +244,8 @@ def export_and_score(s: Settings, rd: RunData, student, out: Path, summary: dict
 
     sets = "+".join(Path(m).parent.name for m in s.data.manifest.split(",") if m)
     train_data = f"{sets} ({len(rd.parts['train'])} train clips, seed {s.run.seed}, {s.data.pad} scenes)"
-    teacher = s.teacher.source + (f" + soft targets of {s.kd.aux_teacher}" if s.kd.aux_teacher else "")
+    teacher = s.teacher.source + (" (embedding probe)" if s.teacher.head == "probe" else "") + \
+        (f" + soft targets of {s.kd.aux_teacher}" if s.kd.aux_teacher else "")
     meta = contract_metadata(student.spec, threshold=threshold, train_data=train_data, teacher=teacher, metrics=summary)
     parity = export_onnx(student, out / "student.onnx", meta, name=out.name, seed=s.run.seed)
     files = {"student.onnx": out / "student.onnx"}

@@ -21,7 +21,8 @@ SPEC_FILE = "coughwatch.json"
 @dataclass(frozen=True)
 class ModelSpec:
     kind: str
-    """``cnn`` (log-mel CNN student) or ``hf`` (a Hugging Face audio classifier: teacher, w2v-small)."""
+    """``cnn`` (log-mel CNN student), ``hf`` (a Hugging Face audio classifier: teacher, w2v-small), ``onnx-tagger``
+    (a pretrained tagger's classes) or ``onnx-probe`` (a linear head on a pretrained tagger's embedding)."""
     labels: tuple[str, ...]
     positive_label: str
     sample_rate: int = 16000
@@ -156,18 +157,21 @@ TEACHER_PRESETS = {
 
 
 def build_teacher(source: str, labels: tuple[str, ...], positive_label: str, *, window_samples: int,
-                  pre_roll_samples: int, pad: str = "context", sample_rate: int = 16000, classes: str = "Cough"):
-    """A teacher from ``preset:<tiny|small|base>``, a hub id, a local ``save_pretrained`` folder or ``onnx:PATH``."""
+                  pre_roll_samples: int, pad: str = "context", sample_rate: int = 16000, classes: str = "Cough",
+                  head: str = "classes"):
+    """A teacher from ``preset:<tiny|small|base>``, a hub id, a local ``save_pretrained`` folder or ``onnx:PATH``
+    (``head``: ``classes`` maps the tagger's classes onto our labels, ``probe`` reads its embedding, unfitted)."""
     from transformers import AutoConfig, AutoModelForAudioClassification, Wav2Vec2Config
 
-    from .tagger import PREFIX, OnnxTagger, is_tagger
+    from .tagger import PREFIX, OnnxTagger, ProbeTeacher, is_tagger
 
     if is_tagger(source):
         tagger = OnnxTagger(source[len(PREFIX):], labels, positive_label, classes, sample_rate)
-        tagger.spec = ModelSpec(kind="onnx-tagger", labels=labels, positive_label=positive_label,
-                                sample_rate=sample_rate, window_samples=window_samples,
-                                pre_roll_samples=pre_roll_samples, pad=pad, source=source, classes=classes)
-        return tagger
+        model = ProbeTeacher(tagger) if head == "probe" else tagger
+        model.spec = ModelSpec(kind="onnx-probe" if head == "probe" else "onnx-tagger", labels=labels,
+                               positive_label=positive_label, sample_rate=sample_rate, window_samples=window_samples,
+                               pre_roll_samples=pre_roll_samples, pad=pad, source=source, classes=classes)
+        return model
 
     id2label = dict(enumerate(labels))
     label2id = {v: k for k, v in id2label.items()}
@@ -275,10 +279,12 @@ def load_checkpoint(folder: str | Path) -> nn.Module:
     if spec.kind == "cnn":
         model: nn.Module = CnnStudent(spec)
         model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-    elif spec.kind == "onnx-tagger":
+    elif spec.kind in ("onnx-tagger", "onnx-probe"):
         model = build_teacher(spec.source, spec.labels, spec.positive_label, window_samples=spec.window_samples,
                               pre_roll_samples=spec.pre_roll_samples, pad=spec.pad, sample_rate=spec.sample_rate,
-                              classes=spec.classes)
+                              classes=spec.classes, head="probe" if spec.kind == "onnx-probe" else "classes")
+        if spec.kind == "onnx-probe":
+            model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     elif spec.kind == "hf":
         from transformers import AutoModelForAudioClassification
 

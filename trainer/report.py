@@ -250,6 +250,11 @@ def data_attribution(manifests: str) -> list[str]:
     return lines
 
 
+PROBE_NOTE = ("a logistic regression on its embedding (the mean and the maximum over its positions in the window), "
+              "fitted on the clean training windows with the strength that scored best on the validation windows, "
+              "maps it onto our labels (`--teacher-head probe`). ")
+
+
 def aux_note(kd: dict) -> str:
     """The model card's sentence on ``--kd-aux-teacher`` (empty without one)."""
     if not kd.get("aux_teacher"):
@@ -275,9 +280,10 @@ def write_model_card(out: Path, report: dict) -> None:
     teacher_note = (f"The teacher was built from the `{s['teacher']['source']}` configuration with random weights and "
                     "trained on this data only (no pretrained wav2vec2 weights were available where it was trained)."
                     if preset else
-                    f"The teacher is the pretrained audio tagger `{s['teacher']['source']}`, used frozen: the highest of "
-                    f"its `{s['teacher'].get('classes', '')}` scores over the window is the probability of "
-                    f"`{report['positive_label']}`. " + TAGGERS.get("yamnet" if "yamnet" in s["teacher"]["source"] else "",
+                    f"The teacher is the pretrained audio tagger `{s['teacher']['source']}`, used frozen: "
+                    + (PROBE_NOTE if s["teacher"].get("head") == "probe" else
+                       f"the highest of its `{s['teacher'].get('classes', '')}` scores over the window is the probability "
+                       f"of `{report['positive_label']}`. ") + TAGGERS.get("yamnet" if "yamnet" in s["teacher"]["source"] else "",
                                                               "Check its licence before sharing this model.")
                     if tagger else f"The teacher was fine-tuned from `{s['teacher']['source']}`.")
     teacher_note += aux_note(s.get("kd", {}))

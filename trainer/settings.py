@@ -88,7 +88,11 @@ class TeacherSettings:
     """Hub id, local save_pretrained folder, ``preset:tiny|small|base`` (random init), or ``onnx:PATH``: a
     pretrained ONNX audio tagger used frozen (e.g. ``onnx:../shared/teachers/yamnet/yamnet.onnx``)."""
     classes: str = "Cough"
-    """``onnx:`` teachers only: the tagger's class names whose highest score is the positive label's probability."""
+    """``onnx:`` teachers with ``head = classes`` only: the tagger's class names whose highest score is the positive
+    label's probability."""
+    head: str = "classes"
+    """``onnx:`` teachers only: ``classes`` (the tagger's scores for ``classes``) or ``probe`` (a logistic regression on
+    the tagger's embedding, fitted on the clean training windows, its strength chosen by validation ROC-AUC)."""
     epochs: int = 10
     """Fine-tuning epochs (0 = use the teacher as loaded)."""
     lr: float = 0.0
@@ -191,6 +195,9 @@ class Settings:
             (t.epochs >= 0 and s.epochs >= 1, "student.epochs", s.epochs, "must be >= 1 (teacher.epochs >= 0)"),
             (not t.source.startswith("onnx:") or t.epochs == 0, "teacher.epochs", t.epochs,
              "must be 0 for an onnx: teacher (a tagger is used frozen)"),
+            (t.head in ("classes", "probe"), "teacher.head", t.head, "must be classes or probe"),
+            (t.head == "classes" or t.source.startswith("onnx:"), "teacher.head", t.head,
+             "must be classes unless teacher.source is onnx:PATH (a probe reads a tagger's embedding)"),
             (not t.source.startswith("onnx:") or s.kind == "cnn", "student.kind", s.kind,
              "must be cnn for an onnx: teacher (w2v-small copies a wav2vec2 teacher's layers)"),
             (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),

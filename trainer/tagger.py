@@ -6,6 +6,10 @@ ours with a hop of half its length (and once more at the end), keeps each class'
 positions, and maps classes onto our labels: the positive label's probability is the highest score among
 its ``--teacher-classes`` (e.g. ``Cough``); the other labels share the rest. Class names come from a
 ``class_map.csv`` (``index,mid,display_name``, as YAMNet ships it) beside the model file.
+
+``--teacher-head probe`` reads the tagger's embedding instead (an output named ``embedding``: YAMNet's 1024
+pooled features), its mean and maximum over the positions, and a logistic regression fitted on our labels
+maps it onto them (:class:`ProbeTeacher`): the tagger's knowledge of sounds, our labels' meaning of cough.
 """
 from __future__ import annotations
 
@@ -20,6 +24,10 @@ from torch import nn
 PREFIX = "onnx:"
 TAGGER_RATE = 16000
 """Sample rate of the taggers this adapter knows (YAMNet: 16 kHz)."""
+EMBEDDING = "embedding"
+"""The output a probe teacher reads (YAMNet's 1024 pooled features)."""
+PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
+"""Inverse regularisation strengths a probe tries; validation ROC-AUC picks one."""
 
 
 def is_tagger(source: str) -> bool:
@@ -78,8 +86,8 @@ class OnnxTagger(nn.Module):
         self.session = make_session(self.path)
         first = self.session.get_inputs()[0]
         self.input_name, self.window = first.name, int(first.shape[-1])
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "scores" if "scores" in outputs else outputs[0]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = "scores" if "scores" in self.outputs else self.outputs[0]
         digest = hashlib.sha256(self.path.read_bytes()).digest()
         self.register_buffer("file_sha256", torch.tensor(list(digest), dtype=torch.uint8))
         import onnx
@@ -87,20 +95,29 @@ class OnnxTagger(nn.Module):
         model = onnx.load(str(self.path))
         self.n_parameters = int(sum(np.prod(t.dims) for t in model.graph.initializer))
 
-    def class_scores(self, audio: np.ndarray) -> np.ndarray:
-        """``[batch, n_classes]``: each class's highest score over the tagger's positions in each window."""
+    def _positions(self, audio: np.ndarray, output: str) -> np.ndarray:
+        """``[batch, positions, width]``: ``output`` at each position of the tagger's window slid over each row."""
         audio = np.asarray(audio, dtype=np.float32)
         n = audio.shape[1]
         if n < self.window:
             audio = np.pad(audio, ((0, 0), (0, self.window - n)))
             n = self.window
         starts = sorted(set(range(0, n - self.window + 1, self.window // 2)) | {n - self.window})
-        out = np.zeros((audio.shape[0], len(self.class_names)), dtype=np.float32)
-        for b in range(audio.shape[0]):
-            for s in starts:
-                scores = self.session.run([self.output_name], {self.input_name: audio[b:b + 1, s:s + self.window]})[0]
-                out[b] = np.maximum(out[b], scores.reshape(-1))
-        return out
+        return np.stack([np.stack([self.session.run([output], {self.input_name: row[None, s:s + self.window]})[0]
+                                   .reshape(-1) for s in starts]) for row in audio]).astype(np.float32)
+
+    def class_scores(self, audio: np.ndarray) -> np.ndarray:
+        """``[batch, n_classes]``: each class's highest score over the tagger's positions in each window."""
+        return self._positions(audio, self.output_name).max(axis=1)
+
+    def embeddings(self, audio: np.ndarray) -> np.ndarray:
+        """``[batch, 2 * width]``: the mean, then the maximum, of the tagger's ``embedding`` output over its
+        positions in each window."""
+        if EMBEDDING not in self.outputs:
+            raise ValueError(f"{self.path} has no output named {EMBEDDING!r} (its outputs: {self.outputs}); "
+                             "teacher.head = probe needs one")
+        per = self._positions(audio, EMBEDDING)
+        return np.concatenate([per.mean(axis=1), per.max(axis=1)], axis=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         scores = self.class_scores(audio.detach().float().cpu().numpy())
@@ -109,6 +126,74 @@ class OnnxTagger(nn.Module):
         probs[:] = ((1 - p) / max(1, len(self.labels) - 1))[:, None]
         probs[:, self.positive] = p
         return torch.from_numpy(np.log(probs)).to(audio.device)
+
+
+class ProbeTeacher(nn.Module):
+    """``--teacher-head probe``: a frozen tagger's embedding (:meth:`OnnxTagger.embeddings`), standardised, read by a
+    linear head over our labels that :meth:`fit` sets from a logistic regression on labelled windows.
+
+    Embeddings are kept by window content (SHA-1 of its samples), so windows it was fitted on are not heard twice.
+    """
+
+    def __init__(self, tagger: OnnxTagger) -> None:
+        super().__init__()
+        self.tagger = tagger
+        width = 2 * int(tagger.session.get_outputs()[tagger.outputs.index(EMBEDDING)].shape[-1]) \
+            if EMBEDDING in tagger.outputs else 0
+        if not width:
+            tagger.embeddings(np.zeros((1, tagger.window), np.float32))  # raises, naming the outputs it has
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("scale", torch.ones(width))
+        self.head = nn.Linear(width, len(tagger.labels))
+        self.n_parameters = tagger.n_parameters + sum(p.numel() for p in self.head.parameters())
+        self._known: dict[str, np.ndarray] = {}
+
+    def features(self, audio: np.ndarray, desc: str = "") -> np.ndarray:
+        """``[batch, width]`` embeddings of ``audio`` windows, from what this teacher has heard where it can."""
+        from tqdm import tqdm
+
+        audio = np.asarray(audio, dtype=np.float32)
+        keys = [hashlib.sha1(row.tobytes()).hexdigest() for row in audio]
+        for key, row in tqdm(list(zip(keys, audio)), desc=desc, unit="window", disable=not desc, mininterval=5):
+            if key not in self._known:
+                self._known[key] = self.tagger.embeddings(row[None])[0]
+        return np.stack([self._known[k] for k in keys])
+
+    def fit(self, train: np.ndarray, train_targets: np.ndarray, val: np.ndarray, val_targets: np.ndarray,
+            c_values: tuple[float, ...] = PROBE_C) -> dict[float, float]:
+        """Fit the head on ``train`` windows; each C in ``c_values`` is scored by the positive class's ROC-AUC on
+        ``val`` windows and the best is kept. Returns that ROC-AUC per C."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import roc_auc_score
+        from sklearn.preprocessing import StandardScaler
+
+        positive, n_labels = self.tagger.positive, len(self.tagger.labels)
+        missing = sorted(set(range(n_labels)) - set(np.unique(train_targets).tolist()))
+        if missing:
+            raise ValueError(f"teacher.head = probe: no training window of {[self.tagger.labels[i] for i in missing]}")
+        scaler = StandardScaler().fit(self.features(train, "probe: train embeddings"))
+        x_train = scaler.transform(self.features(train))
+        x_val = scaler.transform(self.features(val, "probe: validation embeddings"))
+        fitted, scores = {}, {}
+        for c in c_values:
+            fitted[c] = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x_train, train_targets)
+            scores[c] = float(roc_auc_score(val_targets == positive, fitted[c].predict_proba(x_val)[:, positive]))
+        best = fitted[max(scores, key=scores.get)]
+        weight, bias = np.zeros((n_labels, x_train.shape[1])), np.zeros(n_labels)
+        if n_labels == 2:  # sklearn's binary model: one row, the logit of class 1 against class 0
+            weight[1], bias[1] = best.coef_[0], best.intercept_[0]
+        else:
+            weight[:], bias[:] = best.coef_, best.intercept_
+        with torch.no_grad():
+            self.mean.copy_(torch.from_numpy(scaler.mean_))
+            self.scale.copy_(torch.from_numpy(scaler.scale_))
+            self.head.weight.copy_(torch.from_numpy(weight))
+            self.head.bias.copy_(torch.from_numpy(bias))
+        return scores
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = torch.from_numpy(self.features(audio.detach().float().cpu().numpy())).to(self.mean.device)
+        return self.head((x - self.mean) / self.scale)
 
 
 def label_checker(source: str, classes: str, positive: str, sample_rate: int) -> OnnxTagger:
