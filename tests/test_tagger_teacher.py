@@ -237,15 +237,27 @@ def test_probe_needs_an_embedding_output_and_an_onnx_teacher(tagger):
                  teacher=TeacherSettings(source="onnx:y.onnx", epochs=0, head="linear")).validate()
 
 
-def test_distill_from_a_probe_on_a_tagger(embedder, tmp_path):
+def test_distill_from_a_probe_on_a_tagger(embedder, tmp_path, monkeypatch):
     from trainer.__main__ import main
     from trainer.models import load_checkpoint
+    from trainer.tagger import OnnxTagger
 
+    heard = []
+    embeddings = OnnxTagger.embeddings
+    monkeypatch.setattr(OnnxTagger, "embeddings", lambda self, audio: heard.append(len(audio)) or embeddings(self, audio))
     out = tmp_path / "run"
-    assert main(["distill", "--data", str(DATA / "covid-sample"), "--teacher", f"onnx:{embedder}", "--teacher-head",
-                 "probe", "--teacher-epochs", "0", "--student-epochs", "1", "--student-widths", "4,8",
-                 "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "10",
-                 "--data-background", str(DATA / "room-sample"), "--out", str(out)]) == 0
+    argv = ["distill", "--data", str(DATA / "covid-sample"), "--teacher", f"onnx:{embedder}", "--teacher-head",
+            "probe", "--teacher-epochs", "0", "--student-epochs", "1", "--student-widths", "4,8",
+            "--data-val-fraction", "0.25", "--data-test-fraction", "0.25", "--run-bootstrap", "10",
+            "--data-background", str(DATA / "room-sample"), "--out", str(out)]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    n = {k: v["windows"] for k, v in report["windows"].items()}
+    cached = torch.load(out / "probe_embeddings_val.pt", weights_only=True)["embeddings"]
+    assert cached.shape == (n["val"], 4)
+    first, heard[:] = sum(heard), []
+    assert main(argv) == 0  # again into the same folder: the training and validation embeddings come from the cache
+    assert sum(heard) == n["test"] < first
     teacher = load_checkpoint(out / "teacher")
     assert teacher.spec.kind == "onnx-probe" and float(teacher.head.weight.abs().sum()) > 0
     from edge.inference import Model

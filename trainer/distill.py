@@ -26,9 +26,10 @@ from .models import build_cnn_student, build_teacher, build_w2v_small, count_par
 from .report import write_model_card, write_report
 from .settings import Settings
 from .tagger import check_labels as tagger_check
-from .tagger import label_checker
-from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, ce_step, evaluation_windows, fit,
-                    make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache, training_windows)
+from .tagger import EMBEDDING, label_checker
+from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, cached_outputs, ce_step,
+                    evaluation_windows, fit, make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache,
+                    training_windows, weights_digest)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
                             pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
                             classes=s.teacher.classes, head=s.teacher.head)
     if s.teacher.head == "probe":
-        fit_probe(teacher, rd)
+        fit_probe(teacher, rd, out, accelerator)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
     if freeze and hasattr(teacher, "model"):
@@ -189,13 +190,28 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
     return teacher.to(accelerator.device), history
 
 
-def fit_probe(teacher, rd: RunData) -> None:
+def fit_probe(teacher, rd: RunData, out: Path, accelerator) -> None:
     """``--teacher-head probe``: the head on the tagger's embedding, fitted on the clean training windows (the
-    student's crops) and chosen on the validation windows, as every other choice is."""
+    student's crops) and chosen on the validation windows, as every other choice is. The embeddings are cached in
+    ``probe_embeddings_<split>.pt``, keyed by the windows and the tagger file, like the teacher's outputs."""
+    from .tagger import PROBE_C
+
+    digest = weights_digest(teacher.tagger) + ":" + EMBEDDING
+    for split, ws in (("train", rd.train), ("val", rd.sets["val"])):
+        keys = ws.keys
+        rows = cached_outputs(out / f"probe_embeddings_{split}.pt", keys, digest, accelerator, "embeddings",
+                              lambda clean, split=split: torch.from_numpy(
+                                  teacher.features(clean, f"probe: {split} embeddings")),
+                              CropDataset(ws, None, 0))
+        teacher.remember(keys, rows.numpy())
     val = rd.sets["val"]
     scores = teacher.fit(rd.train.windows, rd.train.targets, val.windows, val.targets)
-    log.info("teacher probe: validation ROC-AUC by C: %s; kept C=%g", ", ".join(f"{c:g}: {v:.4f}" for c, v in
-                                                                                scores.items()), max(scores, key=scores.get))
+    best = max(scores, key=scores.get)
+    log.info("teacher probe: validation ROC-AUC by C: %s; kept C=%g",
+             ", ".join(f"{c:g}: {v:.4f}" for c, v in scores.items()), best)
+    if best in (min(PROBE_C), max(PROBE_C)):
+        log.warning("teacher probe: the best C (%g) is at the edge of the grid %s; a wider grid might do better",
+                    best, PROBE_C)
 
 
 def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, selection: Selection):
