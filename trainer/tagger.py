@@ -110,12 +110,17 @@ class OnnxTagger(nn.Module):
         """``[batch, n_classes]``: each class's highest score over the tagger's positions in each window."""
         return self._positions(audio, self.output_name).max(axis=1)
 
-    def embeddings(self, audio: np.ndarray) -> np.ndarray:
-        """``[batch, 2 * width]``: the mean, then the maximum, of the tagger's ``embedding`` output over its
-        positions in each window."""
+    def embedding_width(self) -> int:
+        """Width of the ``embedding`` output at one position; a tagger without one is refused, naming its outputs."""
         if EMBEDDING not in self.outputs:
             raise ValueError(f"{self.path} has no output named {EMBEDDING!r} (its outputs: {self.outputs}); "
                              "teacher.head = probe needs one")
+        return int(self.session.get_outputs()[self.outputs.index(EMBEDDING)].shape[-1])
+
+    def embeddings(self, audio: np.ndarray) -> np.ndarray:
+        """``[batch, 2 * width]``: the mean, then the maximum, of the tagger's ``embedding`` output over its
+        positions in each window."""
+        self.embedding_width()
         per = self._positions(audio, EMBEDDING)
         return np.concatenate([per.mean(axis=1), per.max(axis=1)], axis=1)
 
@@ -138,10 +143,7 @@ class ProbeTeacher(nn.Module):
     def __init__(self, tagger: OnnxTagger) -> None:
         super().__init__()
         self.tagger = tagger
-        width = 2 * int(tagger.session.get_outputs()[tagger.outputs.index(EMBEDDING)].shape[-1]) \
-            if EMBEDDING in tagger.outputs else 0
-        if not width:
-            tagger.embeddings(np.zeros((1, tagger.window), np.float32))  # raises, naming the outputs it has
+        width = 2 * tagger.embedding_width()
         self.register_buffer("mean", torch.zeros(width))
         self.register_buffer("scale", torch.ones(width))
         self.head = nn.Linear(width, len(tagger.labels))
