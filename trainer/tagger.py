@@ -177,8 +177,9 @@ class ProbeTeacher(nn.Module):
         missing = sorted(set(range(n_labels)) - set(np.unique(train_targets).tolist()))
         if missing:
             raise ValueError(f"teacher.head = probe: no training window of {[self.tagger.labels[i] for i in missing]}")
-        scaler = StandardScaler().fit(self.features(train, "probe: train embeddings"))
-        x_train = scaler.transform(self.features(train))
+        heard = self.features(train, "probe: train embeddings")
+        scaler = StandardScaler().fit(heard)
+        x_train = scaler.transform(heard)
         x_val = scaler.transform(self.features(val, "probe: validation embeddings"))
         fitted, scores = {}, {}
         for c in c_values:
