@@ -81,6 +81,21 @@ class OnsetSettings:
     (README, Shipped models): better on the validation stream, not on the test stream, at twice the compute."""
     view_step_ms: float = 50.0
     """Milliseconds between the cough detector's views of a sound (events come ``views // 2`` steps later)."""
+    scan_ms: float = 0.0
+    """0 = the cough detector scores the sounds this onset detector finds (the energy gate). Otherwise it scans: it
+    scores its window every ``scan_ms`` milliseconds of the stream, wherever the ``scan_gate_ms`` after the position
+    reach ``scan_min_dbfs``, and each peak of its smoothed score at or above its threshold is one cough (the onset
+    detector then only reports the level and the noise floor; the merge, yield and views settings do not apply)."""
+    scan_smooth: int = 3
+    """Scanning: each position's score is the mean cough probability of this many positions centred on it (odd)."""
+    scan_spacing_ms: float = 400.0
+    """Scanning: a peak outscores every position up to this many milliseconds before it and matches or outscores
+    those up to this far after it, so two events are more than this far apart (a cough's phases are one event)."""
+    scan_gate_ms: float = 250.0
+    """Scanning: milliseconds from a position on whose RMS level decides whether the detector runs there."""
+    scan_min_dbfs: float = -60.0
+    """Scanning: positions whose ``scan_gate_ms`` are quieter than this RMS level (dBFS) score 0 without running
+    the detector: a silent room costs nothing."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -114,6 +129,16 @@ class OnsetSettings:
             raise ValueError(f"views = {self.views} must be an odd whole number in 1..15")
         if not 0 < self.view_step_ms <= 250:
             raise ValueError(f"view_step_ms = {self.view_step_ms} must be in (0, 250] ms")
+        if self.scan_ms != 0 and not 10 <= self.scan_ms <= 500:
+            raise ValueError(f"scan_ms = {self.scan_ms} must be 0 (off) or in [10, 500] ms")
+        if not (isinstance(self.scan_smooth, int) and 1 <= self.scan_smooth <= 15 and self.scan_smooth % 2):
+            raise ValueError(f"scan_smooth = {self.scan_smooth} must be an odd whole number in 1..15")
+        if not 0 < self.scan_spacing_ms <= 2000:
+            raise ValueError(f"scan_spacing_ms = {self.scan_spacing_ms} must be in (0, 2000] ms")
+        if not 1 <= self.scan_gate_ms <= 1000:
+            raise ValueError(f"scan_gate_ms = {self.scan_gate_ms} must be in [1, 1000] ms")
+        if not -120 <= self.scan_min_dbfs <= 0:
+            raise ValueError(f"scan_min_dbfs = {self.scan_min_dbfs} must be in [-120, 0] dBFS")
         for name, most in (("min_gap_ms", 10_000), ("refractory_ms", 10_000), ("hangover_ms", 10_000),
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory

@@ -12,6 +12,7 @@ import numpy as np
 from .events import CoughEvent, ModelRef
 from .inference import Model
 from .onset import OnsetDetector, Sound
+from .scan import CoughScanner, Peak, ScanGrid
 from .windows import cut_views, cut_window, view_offsets
 
 
@@ -36,6 +37,8 @@ class Counters:
     """Sounds that followed an accepted cough without a gap (its later phases): part of its event, not new ones."""
     superseded: int = 0
     """Accepted sounds not published because a clearly better one followed within ``supersede_ms``."""
+    scanned: int = 0
+    """Windows the cough detector scored while scanning (``scan_ms`` > 0)."""
     samples: int = 0
     """Audio samples processed."""
     busy_s: float = 0.0
@@ -84,7 +87,27 @@ class Pipeline:
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
         # accepted, not yet published (a better sound may still supersede them), each with its sound's band peak (dBFS)
         self._held: list[tuple[CoughEvent, float]] = []
+        self._scanner = self._make_scanner()
+        self._peaks: list[Peak] = []  # decided by the scanner, waiting for the classifier's window
         self.counters = Counters()
+
+    def _make_scanner(self) -> CoughScanner | None:
+        """The scanner when ``scan_ms`` > 0: the detector's window every ``scan_ms`` (:mod:`edge.scan`)."""
+        s, info, ms = self.onset.s, self.detector.info, self.sample_rate / 1000
+        if not s.scan_ms:
+            return None
+        gate = round(s.scan_gate_ms * ms)
+        if gate > info.window_samples - info.pre_roll_samples:
+            raise ValueError(f"scan_gate_ms = {s.scan_gate_ms} reaches past the cough detector's window "
+                             f"({(info.window_samples - info.pre_roll_samples) / ms:g} ms after its position)")
+        grid = ScanGrid(window_samples=info.window_samples, pre_roll_samples=info.pre_roll_samples,
+                        hop_samples=round(s.scan_ms * ms), smooth=s.scan_smooth,
+                        radius=max(1, round(s.scan_spacing_ms / s.scan_ms)), gate_samples=gate,
+                        min_rms_dbfs=s.scan_min_dbfs)
+        return CoughScanner(self._cough_probability, grid, self.detector_threshold)
+
+    def _cough_probability(self, windows: np.ndarray) -> np.ndarray:
+        return self.detector(windows)[:, self.detector.info.positive_index]
 
     def feed(self, chunk: np.ndarray) -> list[CoughEvent]:
         """Process one chunk at the models' rate; returns the events it completed, for the caller to send: those
@@ -96,11 +119,15 @@ class Pipeline:
         self._buf = np.concatenate([self._buf, chunk])
         # the pause rule looks back from a pending sound to its cough, up to a whole chunk behind the detector
         self.onset.remember(self._keep + self._merge_max + chunk.size)
-        for sound in self.onset(chunk):
-            c.sounds += 1
-            self._pending.append(sound)
-        self._drain(final=False)
-        events = self._release(final=False, t_complete=t0)
+        sounds = self.onset(chunk)
+        c.sounds += len(sounds)
+        if self._scanner is None:
+            self._pending += sounds
+            self._drain(final=False)
+            events = self._release(final=False, t_complete=t0)
+        else:
+            self._peaks += self._scanner(chunk)
+            events = self._publish_peaks(final=False, t_complete=t0)
         self._trim()
         c.busy_s += time.monotonic() - t0
         return events
@@ -142,7 +169,7 @@ class Pipeline:
         lat = sorted(c.latencies_ms)
         return {
             "audio_s": round(audio_s, 1), "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
-            "merged": c.merged, "superseded": c.superseded,
+            "merged": c.merged, "superseded": c.superseded, "scanned": c.scanned,
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "clipped_samples": c.clipped, "invalid_samples": c.invalid, "audio": self.audio_health(),
             "level_dbfs": round(self.onset.level_dbfs, 1),
@@ -161,6 +188,9 @@ class Pipeline:
         first_needed = self._buf_start + self._buf.size - self._keep
         if self._pending:
             first_needed = min(first_needed, min(s.onset for s in self._pending) - self._before)
+        if self._scanner is not None:
+            waiting = [p.position for p in self._peaks] + [self._scanner.undecided_from]
+            first_needed = min(first_needed, min(waiting) - self._before)
         drop = first_needed - self._buf_start
         if drop > 0:
             self._buf = self._buf[drop:]
@@ -169,8 +199,20 @@ class Pipeline:
     def flush(self) -> list[CoughEvent]:
         """End of stream: classify pending sounds, zero-padding windows that run past the end; publish the rest."""
         t0 = time.monotonic()
+        if self._scanner is not None:
+            self._peaks += self._scanner.flush()
+            return self._publish_peaks(final=True, t_complete=t0)
         self._drain(final=True)
         return self._release(final=True, t_complete=t0)
+
+    def _publish_peaks(self, final: bool, t_complete: float) -> list[CoughEvent]:
+        """Classify and publish the scanner's peaks whose classifier window is complete (all when ``final``)."""
+        self.counters.scanned = self._scanner.scored
+        end = self._buf_start + self._buf.size
+        after = self.classifier.info.window_samples - self.classifier.info.pre_roll_samples
+        ready = [p for p in self._peaks if final or p.position + after <= end]
+        self._peaks = self._peaks[len(ready):]
+        return self._published([self._event(p.position, p.end, p.score) for p in ready], t_complete)
 
     def _drain(self, final: bool) -> None:
         """Classify the pending sounds whose windows are complete (all of them when ``final``), in onset order."""
@@ -207,9 +249,14 @@ class Pipeline:
         settled = [final or h.onset_sample + self._supersede <= horizon for h, _ in self._held]
         ready = [h for (h, _), done in zip(self._held, settled) if done]
         self._held = [h for h, done in zip(self._held, settled) if not done]
+        return self._published(ready, t_complete)
+
+    def _published(self, events: list[CoughEvent], t_complete: float) -> list[CoughEvent]:
+        """``events`` stamped with their latency (from ``t_complete``, when the chunk that completed them came) and
+        counted."""
         out = []
-        for held in ready:
-            event = replace(held, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
+        for event in events:
+            event = replace(event, latency_ms=round((time.monotonic() - t_complete) * 1000, 3))
             self.counters.events += 1
             self.counters.latencies_ms.append(event.latency_ms)
             out.append(event)
@@ -241,10 +288,6 @@ class Pipeline:
         self.counters.merged += 1
         return True
 
-    def _window(self, sound: Sound, model: Model) -> np.ndarray:
-        return cut_window(self._buf, self._buf_start, sound.onset, model.info.window_samples,
-                          model.info.pre_roll_samples)
-
     def _score(self, sound: Sound) -> float:
         """The cough detector's score of ``sound``: the mean cough probability of its views (``views`` windows
         around its onset, ``view_step_ms`` apart)."""
@@ -259,19 +302,24 @@ class Pipeline:
             self.counters.rejected += 1
             return None
         self._cough = (sound.onset, sound.offset, sound.peak_dbfs)
+        return self._event(sound.onset, sound.offset, cough_score)
+
+    def _event(self, onset: int, offset: int, cough_score: float) -> CoughEvent:
+        """The event of a cough at stream samples [onset, offset), its window classified."""
         info = self.classifier.info
-        probs = self.classifier(self._window(sound, self.classifier)[None])[0]
+        window = cut_window(self._buf, self._buf_start, onset, info.window_samples, info.pre_roll_samples)
+        probs = self.classifier(window[None])[0]
         if probs[info.positive_index] >= info.threshold:
             label = info.positive_label
         else:
             others = [i for i in range(len(info.labels)) if i != info.positive_index]
             label = info.labels[max(others, key=lambda i: probs[i])]
-        onset_utc = self.start_utc + timedelta(seconds=sound.onset / self.sample_rate)
+        onset_utc = self.start_utc + timedelta(seconds=onset / self.sample_rate)
         return CoughEvent(
             event_id=str(uuid.uuid4()), device_id=self.device_id,
             onset_utc=onset_utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{onset_utc.microsecond // 1000:03d}Z",
-            clock_synced=self.synced, onset_sample=sound.onset, sample_rate=self.sample_rate,
-            duration_s=round((sound.offset - sound.onset) / self.sample_rate, 3), label=label,
+            clock_synced=self.synced, onset_sample=onset, sample_rate=self.sample_rate,
+            duration_s=round((offset - onset) / self.sample_rate, 3), label=label,
             probabilities={lab: round(float(p), 6) for lab, p in zip(info.labels, probs)},
             threshold=info.threshold, cough_score=round(cough_score, 6),
             model=ModelRef(info.name, self.classifier.sha256), detector=ModelRef(self.detector.info.name,
