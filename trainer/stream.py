@@ -828,11 +828,19 @@ def _gate_lines(result: dict) -> list[str]:
     if not gate:
         return []
     bouts = gate.get("coughs_in_bouts")
+    scanning = _scanning(result)
     return [f"The onset detector alone gives {_pct(gate['coughs']['share'])} of the coughs a window ("
             + ", ".join(f"{k} dB {_pct(v['share'])}" for k, v in gate["coughs_by_level"].items())
-            + f"; {gate['sounds_per_hour']:.0f} sounds per hour): the most the cough detector could find"
+            + f"; {gate['sounds_per_hour']:.0f} sounds per hour)"
+            + (" (scanning, the cough detector does not wait for it)" if scanning else
+               ": the most the cough detector could find")
             + (f" (bouts: first {_pct(bouts['first']['share'])}, next {_pct(bouts['next']['share'])})" if bouts else "")
             + ".", ""]
+
+
+def _scanning(result: dict) -> bool:
+    """The daemon scanned the stream (``onset.scan_ms`` > 0) instead of scoring the onset detector's sounds."""
+    return bool((result.get("onset_settings") or {}).get("scan_ms"))
 
 
 def _clip_level_lines(result: dict) -> list[str]:
@@ -845,9 +853,10 @@ def _clip_level_lines(result: dict) -> list[str]:
                 f"sounds {_auc_cell(figures['pooled'])}; against each class: " + ", ".join(
                     f"{k} {_auc_cell(v)} ({v['sounds']})" for k, v in figures["by_class"].items()))
 
-    return ["Clip by clip (each placed clip's best cough score over the sounds in its span, nothing merged; 0 where "
-            f"the onset detector gave it no window): {line(clip)}. Among the clips given a window: "
-            f"{line(clip['given_a_window'])}.", ""]
+    what, none = (("peaks of the scanned score", "the scan found no peak in it") if _scanning(result) else
+                  ("sounds", "the onset detector gave it no window"))
+    return [f"Clip by clip (each placed clip's best cough score over the {what} in its span, nothing merged; 0 where "
+            f"{none}): {line(clip)}. Among the clips given a window: {line(clip['given_a_window'])}.", ""]
 
 
 def _classifier_lines(result: dict) -> list[str]:
