@@ -16,6 +16,8 @@ Rules (``kind: settings``):
   first position to 0.2 s after its last, those no more than ``loud_db`` under the run's loudest sound, a sound
   joining the previous event unless 20 dB under that event's peak for 100 ms came between them or it starts 0.6 s
   or more after it (the gate's merge rules); a run with no sound gives one event at its peak.
+- ``union``: the shipped daemon's events (the gate, at ``gate_threshold``) plus every scan peak (the daemon's scan
+  rule) with none of them within 0.6 s: scanning only adds what the gate did not hear.
 A research aid, not part of the daemon: it reads the stream the way `trainer stream --stream-split val` builds it.
 """
 from __future__ import annotations
@@ -35,11 +37,13 @@ from edge.inference import Model  # noqa: E402
 from edge.onset import OnsetDetector, OnsetSettings  # noqa: E402
 from edge.scan import pick_peaks  # noqa: E402
 from edge.windows import cut_window  # noqa: E402
-from trainer.stream import StreamCommand, StreamEvent, _held_out_audio, build_stream, score_stream  # noqa: E402
+from trainer.stream import (StreamCommand, StreamEvent, _held_out_audio, build_stream,  # noqa: E402
+                            run_daemon_pipeline, score_stream)
 
+GATE_THRESHOLDS = (0.43, 0.51, 0.59, 0.67)
 RULES = [("nms", {"smooth": 3, "spacing_ms": 400}), ("nms", {"smooth": 3, "spacing_ms": 200}),
          ("nms", {"smooth": 1, "spacing_ms": 200}), ("dip", {}), ("onsets", {"loud_db": 10.0}),
-         ("onsets", {"loud_db": None})]
+         ("onsets", {"loud_db": None}), *(("union", {"gate_threshold": g}) for g in GATE_THRESHOLDS)]
 
 
 @dataclass
@@ -53,6 +57,8 @@ class Track:
     sounds: list
     levels: np.ndarray
     frame: int
+    gate: dict
+    """The shipped daemon's event onsets (the gate) at each of ``GATE_THRESHOLDS``."""
 
 
 def scan_track(det: Model, stream: np.ndarray, hop: int, gate: int, min_dbfs: float) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +146,14 @@ def _split_at_pauses(t: Track, idx: np.ndarray, onsets: np.ndarray, peaks: np.nd
     return out
 
 
+def events_union(t: Track, thr: float, gate_threshold: float) -> list[int]:
+    gate = np.array(t.gate[gate_threshold], dtype=np.int64)
+    added = [p for p in events_nms(t, thr, 3, 400) if not np.any(np.abs(gate - p) < 9600)]
+    return sorted(gate.tolist() + added)
+
+
 def events(t: Track, kind: str, thr: float, settings: dict) -> list[StreamEvent]:
-    pick = {"nms": events_nms, "dip": events_dip, "onsets": events_onsets}[kind]
+    pick = {"nms": events_nms, "dip": events_dip, "onsets": events_onsets, "union": events_union}[kind]
     return [StreamEvent(o, 1.0, 0.0) for o in pick(t, thr, **settings)]
 
 
@@ -154,7 +166,7 @@ def best_threshold(t: Track, kind: str, settings: dict, max_per_hour: float) -> 
     return best
 
 
-def track(cmd: StreamCommand, det: Model, bout_share: float, hop: int) -> Track:
+def track(cmd: StreamCommand, det: Model, cls: Model, bout_share: float, hop: int) -> Track:
     s = replace(cmd.stream, split="val", bout_share=bout_share)
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
@@ -162,7 +174,8 @@ def track(cmd: StreamCommand, det: Model, bout_share: float, hop: int) -> Track:
     onset = cmd.onset
     positions, raw = scan_track(det, stream, hop, round(onset.scan_gate_ms * rate / 1000), onset.scan_min_dbfs)
     found, levels, frame = onset_view(stream, rate)
-    return Track(truth, stream.size, positions, raw, found, levels, frame)
+    gate = {g: [e.onset for e in run_daemon_pipeline(det, cls, stream, g, OnsetSettings())[0]] for g in GATE_THRESHOLDS}
+    return Track(truth, stream.size, positions, raw, found, levels, frame, gate)
 
 
 def main() -> None:
@@ -175,7 +188,8 @@ def main() -> None:
     cmd = config.build(StreamCommand, file=args.config)
     det = Model(args.detector)
     hop = round(args.hop_ms * det.info.sample_rate / 1000)
-    single, bouts = track(cmd, det, 0.0, hop), track(cmd, det, 0.5, hop)
+    cls = Model(cmd.model.classifier)
+    single, bouts = track(cmd, det, cls, 0.0, hop), track(cmd, det, cls, 0.5, hop)
     print("| rule | threshold | single coughs: sensitivity | events per detected cough | background/h "
           "| bouts: sensitivity | first / next |\n|---|---|---|---|---|---|---|")
     for kind, settings in RULES:
