@@ -180,6 +180,12 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert v["views"] == {"a": 1, "b": 3} and v["a"] == v["b"] == model and v["coughs"] == d["coughs"]
     assert main([*args, "--compare-views", "2"]) == 2
     assert "--compare-views 2: views = 2 must be an odd whole number" in capsys.readouterr().err
+    assert main([*args, "--onset-scan-ms", "100", "--out", str(tmp_path / "e")]) == 0  # the daemon scanning
+    e = json.loads((tmp_path / "e" / "stream.json").read_text())
+    assert e["onset_settings"]["scan_ms"] == 100.0 and e["coughs"]["n"] == a["coughs"]["n"], "the same stream"
+    assert e["detector_clip_level"]["pooled"]["coughs"] == a["coughs"]["n"]
+    report = (tmp_path / "e" / "stream.md").read_text()
+    assert "the cough detector does not wait for it" in report and "peaks of the scanned score" in report
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
     assert "cough sensitivity" in (tmp_path / "a" / "stream.md").read_text()
