@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edge import config  # noqa: E402
 from edge.inference import Model  # noqa: E402
 from edge.onset import OnsetDetector, OnsetSettings  # noqa: E402
-from edge.scan import pick_peaks  # noqa: E402
+from edge.scan import gate_open, pick_peaks  # noqa: E402
 from edge.windows import cut_window  # noqa: E402
 from trainer.stream import (StreamCommand, StreamEvent, _held_out_audio, build_stream,  # noqa: E402
                             run_daemon_pipeline, score_stream)
@@ -55,8 +55,8 @@ class Track:
     positions: np.ndarray
     raw: np.ndarray
     sounds: list
-    levels: np.ndarray
-    frame: int
+    onset: OnsetDetector
+    """The onset detector that heard the whole stream, every frame's band level remembered (for pauses)."""
     gate: dict
     """The shipped daemon's event onsets (the gate) at each of ``GATE_THRESHOLDS``."""
 
@@ -67,22 +67,16 @@ def scan_track(det: Model, stream: np.ndarray, hop: int, gate: int, min_dbfs: fl
     positions = np.arange(0, stream.size, hop)
     raw = np.zeros(positions.size)
     for k, p in enumerate(tqdm(positions, desc="scanning", unit="window", mininterval=5)):
-        part = stream[p:p + gate].astype(np.float64)
-        if 10 * np.log10(np.mean(part ** 2) + 1e-20) >= min_dbfs:
+        if gate_open(stream[p:p + gate], min_dbfs):
             raw[k] = det(cut_window(stream, 0, int(p), info.window_samples, info.pre_roll_samples)[None])[0, info.positive_index]
     return positions, raw
 
 
-def onset_view(stream: np.ndarray, rate: int) -> tuple[list, np.ndarray, int]:
-    """The onset detector's sounds and the band level of each of its frames."""
+def onset_view(stream: np.ndarray, rate: int) -> tuple[list, OnsetDetector]:
+    """The onset detector's sounds, and the detector itself with every frame's band level remembered."""
     od = OnsetDetector(rate, OnsetSettings())
-    n, sounds, levels = od.frame_samples, [], []
-    for i in range(stream.size // n):
-        sound = od.process_frame(stream[i * n:(i + 1) * n])
-        levels.append(od.level_dbfs)
-        if sound is not None:
-            sounds.append(sound)
-    return sounds, np.array(levels), n
+    od.remember(stream.size)
+    return od(stream), od
 
 
 def smoothed(raw: np.ndarray, smooth: int) -> np.ndarray:
@@ -90,13 +84,8 @@ def smoothed(raw: np.ndarray, smooth: int) -> np.ndarray:
 
 
 def paused(t: Track, start: int, end: int, below_dbfs: float) -> bool:
-    """100 ms or more of frames under ``below_dbfs`` between samples ``start`` and ``end``."""
-    quiet = t.levels[start // t.frame: end // t.frame] < below_dbfs
-    run = best = 0
-    for q in quiet:
-        run = run + 1 if q else 0
-        best = max(best, run)
-    return best * t.frame >= 1600
+    """100 ms or more of frames under ``below_dbfs`` between samples ``start`` and ``end`` (the gate's pause rule)."""
+    return t.onset.quiet_run(int(start), int(end), below_dbfs) >= 1600
 
 
 def events_nms(t: Track, thr: float, smooth: int, spacing_ms: float) -> list[int]:
@@ -173,9 +162,9 @@ def track(cmd: StreamCommand, det: Model, cls: Model, bout_share: float, hop: in
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     onset = cmd.onset
     positions, raw = scan_track(det, stream, hop, round(onset.scan_gate_ms * rate / 1000), onset.scan_min_dbfs)
-    found, levels, frame = onset_view(stream, rate)
+    found, od = onset_view(stream, rate)
     gate = {g: [e.onset for e in run_daemon_pipeline(det, cls, stream, g, OnsetSettings())[0]] for g in GATE_THRESHOLDS}
-    return Track(truth, stream.size, positions, raw, found, levels, frame, gate)
+    return Track(truth, stream.size, positions, raw, found, od, gate)
 
 
 def main() -> None:

@@ -37,8 +37,6 @@ class Counters:
     """Sounds that followed an accepted cough without a gap (its later phases): part of its event, not new ones."""
     superseded: int = 0
     """Accepted sounds not published because a clearly better one followed within ``supersede_ms``."""
-    scanned: int = 0
-    """Windows the cough detector scored while scanning (``scan_ms`` > 0)."""
     samples: int = 0
     """Audio samples processed."""
     busy_s: float = 0.0
@@ -169,7 +167,8 @@ class Pipeline:
         lat = sorted(c.latencies_ms)
         return {
             "audio_s": round(audio_s, 1), "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
-            "merged": c.merged, "superseded": c.superseded, "scanned": c.scanned,
+            "merged": c.merged, "superseded": c.superseded,
+            "scanned": self._scanner.scored if self._scanner is not None else 0,
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "clipped_samples": c.clipped, "invalid_samples": c.invalid, "audio": self.audio_health(),
             "level_dbfs": round(self.onset.level_dbfs, 1),
@@ -207,7 +206,6 @@ class Pipeline:
 
     def _publish_peaks(self, final: bool, t_complete: float) -> list[CoughEvent]:
         """Classify and publish the scanner's peaks whose classifier window is complete (all when ``final``)."""
-        self.counters.scanned = self._scanner.scored
         end = self._buf_start + self._buf.size
         after = self.classifier.info.window_samples - self.classifier.info.pre_roll_samples
         ready = [p for p in self._peaks if final or p.position + after <= end]

@@ -61,6 +61,12 @@ class ScanGrid:
             raise ValueError(f"gate_samples = {self.gate_samples} must lie inside the window after its position")
 
 
+def gate_open(audio: np.ndarray, min_rms_dbfs: float) -> bool:
+    """True when ``audio`` (the ``gate_samples`` from a position on) is at least ``min_rms_dbfs`` RMS: the detector
+    runs there (pure)."""
+    return audio.size > 0 and 10 * np.log10(float(np.mean(audio.astype(np.float64) ** 2)) + 1e-20) >= min_rms_dbfs
+
+
 def pick_peaks(smoothed: np.ndarray, threshold: float, radius: int, first: int = 0, last: int | None = None
                ) -> list[int]:
     """Indices in ``[first, last)`` of ``smoothed`` that are peaks: above 0, at or above ``threshold``, higher than
@@ -127,10 +133,8 @@ class CoughScanner:
         g, k = self.g, self._next_position()
         p = k * g.hop_samples
         lo = p - self._buf_start
-        gate = self._buf[max(lo, 0): lo + g.gate_samples]
-        rms_db = 10 * np.log10(float(np.mean(gate.astype(np.float64) ** 2)) + 1e-20) if gate.size else -200.0
         value = 0.0
-        if rms_db >= g.min_rms_dbfs:
+        if gate_open(self._buf[max(lo, 0): lo + g.gate_samples], g.min_rms_dbfs):
             window = cut_window(self._buf, self._buf_start, p, g.window_samples, g.pre_roll_samples)
             value = float(self.score(window[None])[0])
             self.scored += 1

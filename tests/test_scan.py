@@ -89,7 +89,7 @@ def test_scanning_pipeline_hears_a_two_phase_cough_once_and_the_next_cough_apart
     for event, at in zip(events, (2.0, 3.0)):
         assert event.onset_sample in (at * RATE, at * RATE + 1600) and event.onset_sample % 1600 == 0
     assert [e.label for e in events] == ["yes", "yes"] and pipe.counters.events == 2
-    assert pipe.counters.scanned == 80 == pipe.health()["scanned"]
+    assert pipe.health()["scanned"] == 80 == len(det.windows)
     for event, window in zip(events, cls.windows):
         np.testing.assert_array_equal(window, cut_window(audio, 0, event.onset_sample, 48000, 4000))
     assert all(e.cough_score >= det.info.threshold for e in events)
