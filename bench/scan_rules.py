@@ -4,7 +4,9 @@ The daemon's scan (``--onset-scan-ms``, ``edge/scan.py``) scores the detector's 
 peak of the smoothed score as one cough. This script scores that track once per stream (the single-cough validation
 stream and the same with half the coughs in bouts), then replays several rules for turning it into events, each
 scored as `trainer stream` scores the daemon's events. For each rule the threshold is the most sensitive one that
-keeps the single-cough stream within ``--max-false-per-hour``; the bout stream is scored at that threshold.
+keeps the single-cough stream within ``--max-false-per-hour``; the bout stream is scored at that threshold. First
+it prints the raw score's profile around single coughs and across the bouts' pairs (how position-selective the
+detector is).
 
     python bench/scan_rules.py --detector models/cough-detector/student.int8.onnx
 
@@ -167,6 +169,29 @@ def track(cmd: StreamCommand, det: Model, cls: Model, bout_share: float, hop: in
     return Track(truth, stream.size, positions, raw, found, od, gate)
 
 
+OFFSETS_S = (-0.6, -0.4, -0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4, 0.6)
+
+
+def profile(single: Track, bouts: Track) -> str:
+    """The raw score around a placed cough's onset, by offset (the mean over the single-cough stream's coughs), and
+    in the bout stream the score at each pair's two onsets and halfway between them: the dip scanning needs."""
+    hop = int(single.positions[1] - single.positions[0])
+
+    def at(t: Track, sample: float) -> float:
+        return float(t.raw[min(t.raw.size - 1, max(0, int(round(sample / hop))))])
+
+    coughs = [p for p in single.truth if p.kind == "cough"]
+    means = [np.mean([at(single, p.onset + d * 16000) for p in coughs]) for d in OFFSETS_S]
+    pairs = [(bouts.truth[k - 1], p) for k, p in enumerate(bouts.truth) if p.follows]
+    first, mid, nxt = (np.mean([at(bouts, x) for x in xs]) for xs in zip(*[
+        (a.onset, (a.onset + b.onset) / 2, b.onset) for a, b in pairs]))
+    gap = np.median([(b.onset - a.onset) / 16000 for a, b in pairs])
+    return ("| offset from a single cough's onset (s) | " + " | ".join(f"{d:+.1f}" for d in OFFSETS_S) + " |\n|---|"
+            + "---|" * len(OFFSETS_S) + "\n| mean raw score | " + " | ".join(f"{m:.2f}" for m in means) + " |\n\n"
+            + f"Bouts ({len(pairs)} pairs, onsets {gap:.2f} s apart at the median): mean raw score {first:.2f} at the "
+            f"first onset, {mid:.2f} halfway, {nxt:.2f} at the next.\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--detector", type=Path, required=True)
@@ -179,6 +204,7 @@ def main() -> None:
     hop = round(args.hop_ms * det.info.sample_rate / 1000)
     cls = Model(cmd.model.classifier)
     single, bouts = track(cmd, det, cls, 0.0, hop), track(cmd, det, cls, 0.5, hop)
+    print(profile(single, bouts))
     print("| rule | threshold | single coughs: sensitivity | events per detected cough | background/h "
           "| bouts: sensitivity | first / next |\n|---|---|---|---|---|---|---|")
     for kind, settings in RULES:

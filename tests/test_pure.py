@@ -449,6 +449,35 @@ def test_band_stats_skip_path_reaches_the_head_and_survives_a_checkpoint(tmp_pat
     assert loaded.spec.band_stats and torch.equal(loaded(audio), outputs[True])
 
 
+
+def test_position_pooling_starts_as_the_mean_and_can_tell_where_in_the_window_a_sound_is(tmp_path):
+    from trainer.models import build_cnn_student, load_checkpoint, save_checkpoint
+    from trainer.settings import DataSettings, Settings, StudentSettings
+
+    with pytest.raises(ValueError, match="student.pooling = 'max' must be one of mean, meanstd, position"):
+        Settings(data=DataSettings(manifest="x"), student=StudentSettings(pooling="max")).validate()
+    rng = np.random.default_rng(0)
+    burst = (0.3 * rng.standard_normal(3200)).astype(np.float32)
+    early, late = np.full((2, 16000), 1e-3, dtype=np.float32)
+    early[3000:6200] += burst  # the same burst near the window's anchor (pre-roll 4000)...
+    late[12000:15200] += burst  # ...and late in the window
+    audio = torch.from_numpy(np.stack([early, late]))
+    students = {}
+    for pooling in ("mean", "position"):
+        torch.manual_seed(0)
+        students[pooling] = build_cnn_student(("a", "b"), "a", window_samples=16000, pre_roll_samples=4000,
+                                              widths=(4, 8), pooling=pooling).eval()
+    position = students["position"]
+    steps = position.time_logits.shape[1]
+    assert position.time_logits.shape[0] == 8 and 20 <= steps <= 25  # about 50 frames of 20 ms, halved once
+    with torch.no_grad():
+        assert torch.allclose(position(audio), students["mean"](audio), atol=1e-6)  # uniform weights at the start
+        position.time_logits.copy_(torch.where(torch.arange(steps) < steps // 3, 8.0, -8.0).expand(8, steps))  # early
+        focused = position(audio)
+    assert not torch.allclose(focused[0], focused[1], atol=1e-3)
+    loaded = load_checkpoint(save_checkpoint(position, tmp_path / "s"))
+    assert loaded.spec.pooling == "position" and torch.equal(loaded(audio), focused)
+
 class _RecordingModel:
     """Stands in for edge.inference.Model: records the windows it is given, answers fixed probabilities."""
 

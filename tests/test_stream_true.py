@@ -404,6 +404,36 @@ def test_near_windows_hold_the_recording_off_its_place_and_are_labelled_as_the_r
         "recordings of the room's label get no near windows"
 
 
+def test_shifted_windows_hold_the_onset_off_its_place_clear_of_every_onset_and_are_labelled_as_the_room():
+    from trainer.context import SHIFT_AFTER_S, ContextSettings, SceneMaker, seeded_rng
+    from trainer.train import training_windows
+
+    coughs, room = _clips(DATA / "covid-sample", 3), _clips(DATA / "room-sample")
+    for c in coughs:
+        c.label = "cough"
+    window, pre_roll = RATE, RATE // 4
+    maker = SceneMaker(ContextSettings(level_min_db=25, level_max_db=25), room, window)
+    own, _ = maker.split_anchors(maker.scene(coughs[1], seeded_rng(0, "t")))
+    assert len(own) == 2, "the sample recording's two coughs are heard"
+    anchors = maker.shifted_anchors(own, own[0], 50, window, pre_roll, seeded_rng(1, "t"))
+    assert len(anchors) > 10
+    for a in anchors:
+        assert min(abs(a - o) for o in own) >= 0.25 * RATE, "never at (or near) an onset the detector heard"
+        assert a - pre_roll <= own[0] < a - pre_roll + window or a > own[0], "the onset is in the window, or before it"
+        assert own[0] - (window - pre_roll) < a <= own[0] + SHIFT_AFTER_S * RATE
+    assert maker.shifted_anchors([0, RATE // 10], 0, 5, window, pre_roll, seeded_rng(1, "t")) != [], "room beside"
+    crowded = list(range(-RATE, RATE, RATE // 10))  # onsets every 0.1 s: no anchor is clear of them all
+    assert maker.shifted_anchors(crowded, 0, 5, window, pre_roll, seeded_rng(1, "t")) == []
+    kw = dict(window=window, pre_roll=pre_roll, seed=0, per_clip=2, room_label="not_cough", progress=False)
+    without = training_windows(coughs, maker, ("cough", "not_cough"), **kw)
+    shifted = training_windows(coughs, maker, ("cough", "not_cough"), shifted=2, **kw)
+    assert (shifted.targets == 0).sum() == (without.targets == 0).sum()
+    assert (without.targets == 1).sum() < (shifted.targets == 1).sum() <= \
+        (without.targets == 1).sum() + 2 * (without.targets == 0).sum(), "at most two per scene with a cough window"
+    assert np.array_equal(shifted.windows[shifted.targets == 0], without.windows[without.targets == 0]), \
+        "the cough windows are the same draws"
+
+
 def test_nan_and_inf_samples_are_silenced_counted_and_do_not_deafen_the_detector():
     from edge.pipeline import Pipeline
     from test_pure import _RecordingModel

@@ -33,6 +33,11 @@ FADE_S = 0.02
 """Cross-fade between room pieces, in seconds (an abrupt join would itself be an onset)."""
 NOISE_BELOW_ROOM_DB = 30.0
 """The room's white-noise floor, in dB below the room's RMS: a microphone never records digital silence."""
+SHIFT_AFTER_S = 0.6
+"""A shifted window's anchor is at most this far, in seconds, after the onset it is shifted from (the recording's
+later phases); before it, as far as the window still holds that onset."""
+SHIFT_TRIES = 20
+"""Draws per shifted anchor before giving up on it (a recording whose onsets leave no room for one)."""
 FRAME_S = 0.01
 """Frame of the level rule: a recording's level is its loudest 10 ms frame's RMS."""
 
@@ -173,6 +178,23 @@ class SceneMaker:
             return []
         near = [o for o in room if lo <= o < hi or scene.end <= o < scene.end + pre_roll_samples]
         return [near[int(rng.integers(len(near)))] if near else int(rng.integers(lo, hi)) for _ in range(n)]
+
+    def shifted_anchors(self, own: list[int], onset: int, n: int, window_samples: int, pre_roll_samples: int,
+                        rng: np.random.Generator, clear_s: float = 0.25) -> list[int]:
+        """Up to ``n`` anchors shifted off ``onset`` (one of the recording's ``own`` onsets): from where the window
+        just holds it at its end to ``SHIFT_AFTER_S`` after it, at least ``clear_s`` seconds from every ``own``
+        onset. These are the windows a detector scanning the stream scores beside a cough (``data.shifted_windows``)."""
+        sr = self.s.sample_rate
+        lo, hi = onset - (window_samples - pre_roll_samples) + round(0.1 * sr), onset + round(SHIFT_AFTER_S * sr)
+        clear = round(clear_s * sr)
+        out: list[int] = []
+        for _ in range(n * SHIFT_TRIES):
+            if len(out) == n or hi <= lo:
+                break
+            a = int(rng.integers(lo, hi))
+            if all(abs(a - o) >= clear for o in own):
+                out.append(a)
+        return out
 
     def windows(self, scene: Scene, anchors: list[int], window_samples: int, pre_roll_samples: int) -> np.ndarray:
         out = np.zeros((len(anchors), window_samples), dtype=np.float32)

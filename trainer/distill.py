@@ -109,7 +109,8 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
                   room_label=room_label(s, labels, positive))
     sets = {k: evaluation_windows(parts[k], makers[k], labels, split=k, **common) for k in parts}
     train = training_windows(parts["train"], makers["train"], labels, per_clip=s.data.crops_per_clip,
-                             near=s.data.near_windows, **common)
+                             near=s.data.near_windows, shifted=s.data.shifted_windows,
+                             shifted_clear_s=s.data.shifted_clear_s, **common)
     for k, ws in sets.items():
         log.info("%s: %d windows from %d recordings; %d recordings without any onset", k, len(ws.windows),
                  len(parts[k]), ws.unheard)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .frontend import FrontendConfig, LogMel
+from .settings import POOLINGS
 
 SPEC_FILE = "coughwatch.json"
 
@@ -42,7 +43,8 @@ class ModelSpec:
     widths: tuple[int, ...] = (16, 32, 48, 64)
     """``cnn`` only: channels of the conv blocks."""
     pooling: str = "mean"
-    """``cnn`` only: ``mean`` over frequency and time, or ``meanstd`` (time mean and standard deviation too)."""
+    """``cnn`` only: ``mean`` over frequency and time, ``meanstd`` (time mean and standard deviation too) or
+    ``position`` (frequency mean, then each channel's learned softmax weighting of the time steps)."""
     classes: str = ""
     """``onnx-tagger`` only: the tagger's class names that make up the positive label."""
     band_stats: bool = False
@@ -62,9 +64,6 @@ class ModelSpec:
         raw["widths"] = tuple(raw.get("widths", cls.widths))
         raw["aux_classes"] = tuple(raw.get("aux_classes", ()))
         return cls(**raw)
-
-
-POOLINGS = ("mean", "meanstd")
 
 
 class CnnStudent(nn.Module):
@@ -88,6 +87,9 @@ class CnnStudent(nn.Module):
         if spec.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {spec.pooling!r}")
         self.dropout = nn.Dropout(0.2)
+        if spec.pooling == "position":
+            # zeros: a uniform weighting, i.e. mean pooling, until training says where in the window to look
+            self.time_logits = nn.Parameter(torch.zeros(cin, self._pooled_frames()))
         n_pooled = cin * (2 if spec.pooling == "meanstd" else 1)
         if spec.band_stats:
             self.band_norm = nn.BatchNorm1d(2 * self.frontend.cfg.n_mels)
@@ -102,6 +104,8 @@ class CnnStudent(nn.Module):
         features = self.body(logmel)  # [batch, channels, mels', frames']
         if self.spec.pooling == "meanstd":
             pooled = _mean_std_over_time(features.mean(dim=2))
+        elif self.spec.pooling == "position":
+            pooled = (features.mean(dim=2) * torch.softmax(self.time_logits, dim=1)).sum(dim=2)
         else:
             pooled = features.mean(dim=(2, 3))
         if self.spec.band_stats:
@@ -113,6 +117,18 @@ class CnnStudent(nn.Module):
         if return_aux and self.aux_head is None:
             raise ValueError("this student has no auxiliary head (spec.aux_classes is empty)")
         return (logits, *([features] if return_features else []), *([self.aux_head(pooled)] if return_aux else []))
+
+
+    def _pooled_frames(self) -> int:
+        """Time steps left after the conv blocks for one window (each max-pool halves them, rounding down)."""
+        with torch.no_grad():
+            frames = self.frontend(torch.zeros(1, self.spec.window_samples)).shape[-1]
+        for _ in self.spec.widths[:-1]:
+            frames //= 2
+        if frames < 1:
+            raise ValueError(f"a window of {self.spec.window_samples} samples is too short for position pooling "
+                             f"through {len(self.spec.widths)} conv blocks")
+        return frames
 
 
 def _mean_std_over_time(x: torch.Tensor) -> torch.Tensor:

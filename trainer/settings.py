@@ -14,6 +14,9 @@ from edge.onset import OnsetSettings
 
 from .augment import AugmentSettings
 
+POOLINGS = ("mean", "meanstd", "position")
+"""How a cnn student pools its conv features over time (``student.pooling``)."""
+
 
 @dataclass(frozen=True)
 class DataSettings:
@@ -52,6 +55,14 @@ class DataSettings:
     has no such onset). Labelled not positive, so the detector answers yes only where a cough starts: the daemon
     cuts such windows at a room sound just before a cough, and may report that sound as a second event. Off (0)
     by default: 1 did not help on the validation stream (see README)."""
+    shifted_windows: int = 0
+    """With room windows, per training scene of a positive recording, this many more windows whose anchor is
+    shifted off the recording's onset: from where the window just holds the onset at its end to 0.6 s after it
+    (``trainer.context.SHIFT_AFTER_S``), at least ``shifted_clear_s`` from every onset the detector heard in the
+    recording. Labelled not positive: the windows a detector scanning the stream (``--onset-scan-ms``) scores beside
+    a cough, so that its score peaks where a cough starts and dips between the coughs of a bout. Off (0) by default."""
+    shifted_clear_s: float = 0.25
+    """Least distance, in seconds, from a shifted window's anchor to every onset heard in the recording."""
     context_before_s: float = 3.0
     """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15
@@ -116,7 +127,9 @@ class StudentSettings:
     widths: str = "16,32,48,64"
     """cnn: channels of the conv blocks, comma-separated."""
     pooling: str = "mean"
-    """cnn: ``mean`` (global average) or ``meanstd`` (also each channel's standard deviation over time)."""
+    """cnn: ``mean`` (global average), ``meanstd`` (also each channel's standard deviation over time) or
+    ``position`` (each channel weights the window's time steps by learned weights, so the head knows where in
+    the window a sound is: what a detector that scans the stream needs, with ``data.near_windows``)."""
     band_stats: bool = False
     """cnn: also feed the head each mel band's time mean and standard deviation of the log-mel input (the
     classical reference's features) past the conv blocks."""
@@ -189,6 +202,8 @@ class Settings:
              "is too short for the front end (at least 64 ms)"),
             (d.crops_per_clip >= 1, "data.crops_per_clip", d.crops_per_clip, "must be >= 1"),
             (0 <= d.near_windows <= 8, "data.near_windows", d.near_windows, "must be in 0..8"),
+            (0 <= d.shifted_windows <= 8, "data.shifted_windows", d.shifted_windows, "must be in 0..8"),
+            (0.05 <= d.shifted_clear_s <= 0.5, "data.shifted_clear_s", d.shifted_clear_s, "must be in [0.05, 0.5] s"),
             (0 <= d.synthetic_per_kind <= 10_000, "data.synthetic_per_kind", d.synthetic_per_kind, "must be in 0..10000"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),
@@ -201,7 +216,7 @@ class Settings:
             (not t.source.startswith("onnx:") or s.kind == "cnn", "student.kind", s.kind,
              "must be cnn for an onnx: teacher (w2v-small copies a wav2vec2 teacher's layers)"),
             (s.kind in ("cnn", "w2v-small"), "student.kind", s.kind, "must be cnn or w2v-small"),
-            (s.pooling in ("mean", "meanstd"), "student.pooling", s.pooling, "must be mean or meanstd"),
+            (s.pooling in POOLINGS, "student.pooling", s.pooling, f"must be one of {', '.join(POOLINGS)}"),
             (1000 <= s.f_max_hz <= d.sample_rate / 2, "student.f_max_hz", s.f_max_hz,
              f"must be in [1000, {d.sample_rate / 2:g}] Hz (half the sample rate)"),
             (0 <= k.alpha <= 1, "kd.alpha", k.alpha, "must be in [0, 1]"),

@@ -69,11 +69,13 @@ def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
 
 
 def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
-                     pre_roll: int, seed: int, room_label: str = "", near: int = 0, progress: bool = True) -> WindowSet:
+                     pre_roll: int, seed: int, room_label: str = "", near: int = 0, shifted: int = 0,
+                     shifted_clear_s: float = 0.25, progress: bool = True) -> WindowSet:
     """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each, and
     with ``room_label`` one window at an onset of the room too (labelled so: the daemon cuts those as well), and
     for a recording not labelled ``room_label``, ``near`` windows that hold it off its place
-    (:meth:`SceneMaker.near_anchors`), labelled ``room_label``."""
+    (:meth:`SceneMaker.near_anchors`) and ``shifted`` windows beside the drawn onset
+    (:meth:`SceneMaker.shifted_anchors`), labelled ``room_label``."""
     from tqdm import tqdm
 
     pieces, unheard = [], 0
@@ -85,9 +87,12 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
             own, room = maker.split_anchors(scene)
             heard = heard or bool(own)
             if own or (room and room_label):
-                off = maker.near_anchors(scene, room, near, window, pre_roll, rng) \
-                    if room_label and own and clip.label != room_label else []
-                pieces.append(_piece(i, clip, maker, scene, _one(own, rng), _one(room, rng) + off, labels, room_label,
+                beside = room_label and own and clip.label != room_label
+                off = maker.near_anchors(scene, room, near, window, pre_roll, rng) if beside else []
+                onset = _one(own, rng)
+                off += maker.shifted_anchors(own, onset[0], shifted, window, pre_roll, rng, shifted_clear_s) \
+                    if beside else []
+                pieces.append(_piece(i, clip, maker, scene, onset, _one(room, rng) + off, labels, room_label,
                                      window, pre_roll))
         unheard += not heard
     return _collect(pieces, clips, window, unheard)
