@@ -18,6 +18,8 @@ Rules (``kind: settings``):
   first position to 0.2 s after its last, those no more than ``loud_db`` under the run's loudest sound, a sound
   joining the previous event unless 20 dB under that event's peak for 100 ms came between them or it starts 0.6 s
   or more after it (the gate's merge rules); a run with no sound gives one event at its peak.
+- ``pause``: the daemon's peaks, a peak under 0.6 s after the one before joining it unless the onset detector heard a
+  pause between them (100 ms 20 dB under the loudest sound starting between them: the gate's bout rule).
 - ``union``: the shipped daemon's events (the gate, at ``gate_threshold``) plus every scan peak (the daemon's scan
   rule) with none of them within 0.6 s: scanning only adds what the gate did not hear.
 A research aid, not part of the daemon: it reads the stream the way `trainer stream --stream-split val` builds it.
@@ -43,8 +45,10 @@ from trainer.stream import (StreamCommand, StreamEvent, _held_out_audio, build_s
                             run_daemon_pipeline, score_stream)
 
 GATE_THRESHOLDS = (0.43, 0.51, 0.59, 0.67)
-RULES = [("nms", {"smooth": 3, "spacing_ms": 400}), ("nms", {"smooth": 3, "spacing_ms": 200}),
-         ("nms", {"smooth": 1, "spacing_ms": 200}), ("dip", {}), ("onsets", {"loud_db": 10.0}),
+RULES = [("nms", {"smooth": 3, "spacing_ms": 400}), ("nms", {"smooth": 3, "spacing_ms": 300}),
+         ("nms", {"smooth": 3, "spacing_ms": 200}), ("nms", {"smooth": 1, "spacing_ms": 400}),
+         ("nms", {"smooth": 1, "spacing_ms": 300}), ("nms", {"smooth": 1, "spacing_ms": 200}),
+         ("pause", {"smooth": 1, "spacing_ms": 200}), ("pause", {"smooth": 3, "spacing_ms": 200}), ("dip", {}), ("onsets", {"loud_db": 10.0}),
          ("onsets", {"loud_db": None}), *(("union", {"gate_threshold": g}) for g in GATE_THRESHOLDS)]
 
 
@@ -137,6 +141,22 @@ def _split_at_pauses(t: Track, idx: np.ndarray, onsets: np.ndarray, peaks: np.nd
     return out
 
 
+def events_pause(t: Track, thr: float, smooth: int, spacing_ms: float) -> list[int]:
+    """The daemon's peaks, then a peak less than 0.6 s after the one kept before it joins that one unless the onset
+    detector heard a pause between them: 100 ms 20 dB under the loudest sound starting between them (the gate's
+    bout rule)."""
+    onsets = np.array([x.onset for x in t.sounds])
+    peaks = np.array([x.peak_dbfs for x in t.sounds])
+    out: list[int] = []
+    for p in events_nms(t, thr, smooth, spacing_ms):
+        if out and p - out[-1] < 9600:
+            near = peaks[(onsets >= out[-1] - 4800) & (onsets <= p + 1600)]
+            if not near.size or not paused(t, out[-1], p, float(near.max()) - 20):
+                continue
+        out.append(p)
+    return out
+
+
 def events_union(t: Track, thr: float, gate_threshold: float) -> list[int]:
     gate = np.array(t.gate[gate_threshold], dtype=np.int64)
     added = [p for p in events_nms(t, thr, 3, 400) if not np.any(np.abs(gate - p) < 9600)]
@@ -144,7 +164,8 @@ def events_union(t: Track, thr: float, gate_threshold: float) -> list[int]:
 
 
 def events(t: Track, kind: str, thr: float, settings: dict) -> list[StreamEvent]:
-    pick = {"nms": events_nms, "dip": events_dip, "onsets": events_onsets, "union": events_union}[kind]
+    pick = {"nms": events_nms, "dip": events_dip, "onsets": events_onsets, "union": events_union,
+            "pause": events_pause}[kind]
     return [StreamEvent(o, 1.0, 0.0) for o in pick(t, thr, **settings)]
 
 
