@@ -371,16 +371,23 @@ def test_room_onsets_become_windows_of_the_rooms_label_only_when_asked():
     assert (train.targets == 0).sum() <= 6 and 1 <= (train.targets == 1).sum() <= 6
 
 
-def test_near_windows_hold_the_recording_off_its_place_and_are_labelled_as_the_room():
-    from edge.windows import cut_window
-    from trainer.context import ONSET_TOLERANCE_S, ContextSettings, SceneMaker, seeded_rng
-    from trainer.train import training_windows
+def _cough_scenes(level_db: float):
+    """Three sample coughs (labelled cough), the sample room, and a scene maker at ``level_db`` over the room."""
+    from trainer.context import ContextSettings, SceneMaker
 
     coughs, room = _clips(DATA / "covid-sample", 3), _clips(DATA / "room-sample")
     for c in coughs:
         c.label = "cough"
+    return coughs, room, SceneMaker(ContextSettings(level_min_db=level_db, level_max_db=level_db), room, RATE)
+
+
+def test_near_windows_hold_the_recording_off_its_place_and_are_labelled_as_the_room():
+    from edge.windows import cut_window
+    from trainer.context import ONSET_TOLERANCE_S, seeded_rng
+    from trainer.train import training_windows
+
+    coughs, room, maker = _cough_scenes(10)
     window, pre_roll = RATE, RATE // 4
-    maker = SceneMaker(ContextSettings(level_min_db=10, level_max_db=10), room, window)
     scene = maker.scene(coughs[0], seeded_rng(0, "t"))
     _, room_onsets = maker.split_anchors(scene)
     anchors = maker.near_anchors(scene, room_onsets, 50, window, pre_roll, seeded_rng(1, "t"))
@@ -405,14 +412,11 @@ def test_near_windows_hold_the_recording_off_its_place_and_are_labelled_as_the_r
 
 
 def test_shifted_windows_hold_the_onset_off_its_place_clear_of_every_onset_and_are_labelled_as_the_room():
-    from trainer.context import SHIFT_AFTER_S, ContextSettings, SceneMaker, seeded_rng
+    from trainer.context import SHIFT_AFTER_S, seeded_rng
     from trainer.train import training_windows
 
-    coughs, room = _clips(DATA / "covid-sample", 3), _clips(DATA / "room-sample")
-    for c in coughs:
-        c.label = "cough"
+    coughs, _, maker = _cough_scenes(25)
     window, pre_roll = RATE, RATE // 4
-    maker = SceneMaker(ContextSettings(level_min_db=25, level_max_db=25), room, window)
     own, _ = maker.split_anchors(maker.scene(coughs[1], seeded_rng(0, "t")))
     assert len(own) == 2, "the sample recording's two coughs are heard"
     anchors = maker.shifted_anchors(own, own[0], 50, window, pre_roll, seeded_rng(1, "t"))
