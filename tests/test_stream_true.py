@@ -438,6 +438,33 @@ def test_shifted_windows_hold_the_onset_off_its_place_clear_of_every_onset_and_a
         "the cough windows are the same draws"
 
 
+def test_with_shifted_phases_a_coughs_later_phases_are_shifted_windows_never_its_own():
+    from edge.windows import cut_window
+    from trainer.context import ContextSettings, SceneMaker, seeded_rng
+    from trainer.stream import single_event
+    from trainer.train import training_windows
+
+    clip, room = _clips(DATA / "covid-sample", 5)[4], _clips(DATA / "room-sample")
+    clip.label = "cough"
+    window, pre_roll = RATE, RATE // 4
+    maker = SceneMaker(ContextSettings(level_min_db=25, level_max_db=25), room, window)
+    phases, plain = [], []
+    for k in range(4):  # the scenes training_windows makes, and the onsets heard in each
+        scene = maker.scene(clip, seeded_rng(0, "train", clip.sha256, k))
+        own, _ = maker.split_anchors(scene)
+        start, end = (scene.start + x for x in single_event(clip.audio, RATE))
+        later = [o for o in own if start + 0.15 * RATE <= o < end]  # inside the cough, after its start
+        phases += [cut_window(scene.audio, 0, o, window, pre_roll) for o in later]
+        plain += [cut_window(scene.audio, 0, o, window, pre_roll) for o in own if o not in later]
+    assert phases and plain, "the sample cough's later phase is heard as an onset of its own"
+    kw = dict(window=window, pre_roll=pre_roll, seed=0, per_clip=4, room_label="not_cough", progress=False,
+              shifted=2, shifted_clear_s=0.15)
+    ws = training_windows([clip], maker, ("cough", "not_cough"), shifted_phases=True, **kw)
+    held = lambda w, pool: any(np.array_equal(w, p) for p in pool)  # noqa: E731
+    assert all(held(w, plain) and not held(w, phases) for w in ws.windows[ws.targets == 0]), "its own: the cough's start"
+    assert any(held(w, phases) for w in ws.windows[ws.targets == 1]), "a later phase is a shifted window"
+
+
 def test_nan_and_inf_samples_are_silenced_counted_and_do_not_deafen_the_detector():
     from edge.pipeline import Pipeline
     from test_pure import _RecordingModel

@@ -110,7 +110,7 @@ def prepare_data(s: Settings, out: Path, progress: bool, write: bool) -> RunData
     sets = {k: evaluation_windows(parts[k], makers[k], labels, split=k, **common) for k in parts}
     train = training_windows(parts["train"], makers["train"], labels, per_clip=s.data.crops_per_clip,
                              near=s.data.near_windows, shifted=s.data.shifted_windows,
-                             shifted_clear_s=s.data.shifted_clear_s, **common)
+                             shifted_clear_s=s.data.shifted_clear_s, shifted_phases=s.data.shifted_phases, **common)
     for k, ws in sets.items():
         log.info("%s: %d windows from %d recordings; %d recordings without any onset", k, len(ws.windows),
                  len(parts[k]), ws.unheard)

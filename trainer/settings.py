@@ -63,6 +63,10 @@ class DataSettings:
     a cough, so that its score peaks where a cough starts and dips between the coughs of a bout. Off (0) by default."""
     shifted_clear_s: float = 0.25
     """Least distance, in seconds, from a shifted window's anchor to every onset heard in the recording."""
+    shifted_phases: bool = False
+    """With shifted windows: the onsets heard inside the recording's loudest event (the stream benchmark's truth of
+    one cough, ``trainer.stream.single_event``) at least ``shifted_clear_s`` after the first one heard there are that
+    cough's later phases: they are shifted windows (first, up to ``shifted_windows``), never the cough's window."""
     context_before_s: float = 3.0
     """Room before each recording, in seconds (the onset detector's noise floor settles on it)."""
     val_fraction: float = 0.15

@@ -63,6 +63,22 @@ def _piece(i: int, clip: Clip, maker: SceneMaker, scene, own: list[int], room: l
     return i, maker.windows(scene, own + room, window, pre_roll), targets
 
 
+def _later_phases(clip: Clip, scene, own: list[int], maker, clear_s: float) -> list[int]:
+    """The onsets heard inside the recording's loudest event (the stream benchmark's truth of one cough,
+    :func:`trainer.stream.single_event`) at least ``clear_s`` after the event's onset (the heard onset nearest its
+    start, within ``ONSET_TOLERANCE_S``): that cough's later phases, which the benchmark counts as the same cough."""
+    from .context import ONSET_TOLERANCE_S
+    from .stream import single_event
+
+    sr = maker.s.sample_rate
+    start, end = (scene.start + x for x in single_event(clip.audio, sr))
+    near = [o for o in own if abs(o - start) <= round(ONSET_TOLERANCE_S * sr)]
+    if not near:
+        return []
+    first = min(near, key=lambda o: abs(o - start))
+    return [o for o in own if first + round(clear_s * sr) <= o < end]
+
+
 def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
     """One onset drawn from ``onsets`` (none from none)."""
     return [onsets[int(rng.integers(len(onsets)))]] if onsets else []
@@ -70,12 +86,14 @@ def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
 
 def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ...], *, per_clip: int, window: int,
                      pre_roll: int, seed: int, room_label: str = "", near: int = 0, shifted: int = 0,
-                     shifted_clear_s: float = 0.25, progress: bool = True) -> WindowSet:
+                     shifted_clear_s: float = 0.25, shifted_phases: bool = False, progress: bool = True) -> WindowSet:
     """``per_clip`` scenes per recording (each its own room and level), one onset's window drawn from each, and
     with ``room_label`` one window at an onset of the room too (labelled so: the daemon cuts those as well), and
     for a recording not labelled ``room_label``, ``near`` windows that hold it off its place
     (:meth:`SceneMaker.near_anchors`) and ``shifted`` windows beside the drawn onset
-    (:meth:`SceneMaker.shifted_anchors`), labelled ``room_label``."""
+    (:meth:`SceneMaker.shifted_anchors`), labelled ``room_label``; with ``shifted_phases`` the onsets heard inside
+    the recording's loudest cough after its first (:func:`_later_phases`) come first among the shifted windows and
+    are never drawn as the cough's own window."""
     from tqdm import tqdm
 
     pieces, unheard = [], 0
@@ -89,8 +107,11 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
             if own or (room and room_label):
                 beside = room_label and own and clip.label != room_label
                 off = maker.near_anchors(scene, room, near, window, pre_roll, rng) if beside else []
-                onset = _one(own, rng)
-                off += maker.shifted_anchors(own, onset[0], shifted, window, pre_roll, rng, shifted_clear_s) \
+                phases = _later_phases(clip, scene, own, maker, shifted_clear_s) if beside and shifted_phases else []
+                coughs = [o for o in own if o not in phases]
+                onset = _one(coughs, rng)
+                off += (phases[:shifted] + maker.shifted_anchors(coughs, onset[0], shifted - len(phases[:shifted]),
+                                                                 window, pre_roll, rng, shifted_clear_s)) \
                     if beside else []
                 pieces.append(_piece(i, clip, maker, scene, onset, _one(room, rng) + off, labels, room_label,
                                      window, pre_roll))
