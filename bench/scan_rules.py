@@ -19,7 +19,8 @@ Rules (``kind: settings``):
   joining the previous event unless 20 dB under that event's peak for 100 ms came between them or it starts 0.6 s
   or more after it (the gate's merge rules); a run with no sound gives one event at its peak.
 - ``pause``: the daemon's peaks, a peak under 0.6 s after the one before joining it unless the onset detector heard a
-  pause between them (100 ms 20 dB under the loudest sound starting between them: the gate's bout rule).
+  pause between them (100 ms 20 dB under the loudest sound starting from 0.3 s before the first to 0.1 s after the
+  second: the gate's bout rule).
 - ``union``: the shipped daemon's events (the gate, at ``gate_threshold``) plus every scan peak (the daemon's scan
   rule) with none of them within 0.6 s: scanning only adds what the gate did not hear.
 A research aid, not part of the daemon: it reads the stream the way `trainer stream --stream-split val` builds it.
@@ -48,8 +49,8 @@ GATE_THRESHOLDS = (0.43, 0.51, 0.59, 0.67)
 RULES = [("nms", {"smooth": 3, "spacing_ms": 400}), ("nms", {"smooth": 3, "spacing_ms": 300}),
          ("nms", {"smooth": 3, "spacing_ms": 200}), ("nms", {"smooth": 1, "spacing_ms": 400}),
          ("nms", {"smooth": 1, "spacing_ms": 300}), ("nms", {"smooth": 1, "spacing_ms": 200}),
-         ("pause", {"smooth": 1, "spacing_ms": 200}), ("pause", {"smooth": 3, "spacing_ms": 200}), ("dip", {}), ("onsets", {"loud_db": 10.0}),
-         ("onsets", {"loud_db": None}), *(("union", {"gate_threshold": g}) for g in GATE_THRESHOLDS)]
+         ("pause", {"smooth": 1, "spacing_ms": 200}), ("pause", {"smooth": 3, "spacing_ms": 200}), ("dip", {}),
+         ("onsets", {"loud_db": 10.0}), ("onsets", {"loud_db": None}), *(("union", {"gate_threshold": g}) for g in GATE_THRESHOLDS)]
 
 
 @dataclass
@@ -143,8 +144,8 @@ def _split_at_pauses(t: Track, idx: np.ndarray, onsets: np.ndarray, peaks: np.nd
 
 def events_pause(t: Track, thr: float, smooth: int, spacing_ms: float) -> list[int]:
     """The daemon's peaks, then a peak less than 0.6 s after the one kept before it joins that one unless the onset
-    detector heard a pause between them: 100 ms 20 dB under the loudest sound starting between them (the gate's
-    bout rule)."""
+    detector heard a pause between them: 100 ms 20 dB under the loudest sound starting from 0.3 s before the first
+    to 0.1 s after the second (the gate's bout rule)."""
     onsets = np.array([x.onset for x in t.sounds])
     peaks = np.array([x.peak_dbfs for x in t.sounds])
     out: list[int] = []

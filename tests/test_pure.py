@@ -290,6 +290,10 @@ def test_trainer_settings_reject_bad_values():
 
     with pytest.raises(ValueError, match="kd.alpha = 2.0"):
         Settings(data=DataSettings(manifest="x"), kd=KdSettings(alpha=2.0)).validate()
+    with pytest.raises(ValueError, match=r"data.shifted_phases = True needs data.shifted_windows > 0"):
+        Settings(data=DataSettings(manifest="x", shifted_phases=True)).validate()
+    with pytest.raises(ValueError, match=r"data.shifted_clear_s = 0.01 must be in \[0.05, 0.5\] s"):
+        Settings(data=DataSettings(manifest="x", shifted_windows=2, shifted_clear_s=0.01)).validate()
 
 
 def test_augmentation_is_configured_from_flags_and_can_be_switched_off():
@@ -449,7 +453,6 @@ def test_band_stats_skip_path_reaches_the_head_and_survives_a_checkpoint(tmp_pat
     assert loaded.spec.band_stats and torch.equal(loaded(audio), outputs[True])
 
 
-
 def test_position_pooling_starts_as_the_mean_and_can_tell_where_in_the_window_a_sound_is(tmp_path):
     from trainer.models import build_cnn_student, load_checkpoint, save_checkpoint
     from trainer.settings import DataSettings, Settings, StudentSettings
@@ -477,6 +480,7 @@ def test_position_pooling_starts_as_the_mean_and_can_tell_where_in_the_window_a_
     assert not torch.allclose(focused[0], focused[1], atol=1e-3)
     loaded = load_checkpoint(save_checkpoint(position, tmp_path / "s"))
     assert loaded.spec.pooling == "position" and torch.equal(loaded(audio), focused)
+
 
 class _RecordingModel:
     """Stands in for edge.inference.Model: records the windows it is given, answers fixed probabilities."""

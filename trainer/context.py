@@ -36,6 +36,8 @@ NOISE_BELOW_ROOM_DB = 30.0
 SHIFT_AFTER_S = 0.6
 """A shifted window's anchor is at most this far, in seconds, after the onset it is shifted from (the recording's
 later phases); before it, as far as the window still holds that onset."""
+SHIFT_MARGIN_S = 0.1
+"""...and at least this far, in seconds, before the onset's end of the window when shifted before it."""
 SHIFT_TRIES = 20
 """Draws per shifted anchor before giving up on it (a recording whose onsets leave no room for one)."""
 FRAME_S = 0.01
@@ -182,14 +184,15 @@ class SceneMaker:
     def shifted_anchors(self, own: list[int], onset: int, n: int, window_samples: int, pre_roll_samples: int,
                         rng: np.random.Generator, clear_s: float = 0.25) -> list[int]:
         """Up to ``n`` anchors shifted off ``onset`` (one of the recording's ``own`` onsets): from where the window
-        just holds it at its end to ``SHIFT_AFTER_S`` after it, at least ``clear_s`` seconds from every ``own``
-        onset. These are the windows a detector scanning the stream scores beside a cough (``data.shifted_windows``)."""
+        holds it ``SHIFT_MARGIN_S`` before its end to ``SHIFT_AFTER_S`` after it, at least ``clear_s`` seconds from
+        every ``own`` onset. These are the windows a detector scanning the stream scores beside a cough
+        (``data.shifted_windows``)."""
         sr = self.s.sample_rate
-        lo, hi = onset - (window_samples - pre_roll_samples) + round(0.1 * sr), onset + round(SHIFT_AFTER_S * sr)
-        clear = round(clear_s * sr)
+        lo = onset - (window_samples - pre_roll_samples) + round(SHIFT_MARGIN_S * sr)
+        hi, clear = onset + round(SHIFT_AFTER_S * sr), round(clear_s * sr)
         out: list[int] = []
-        for _ in range(n * SHIFT_TRIES):
-            if len(out) == n or hi <= lo:
+        for _ in range(n * SHIFT_TRIES if hi > lo else 0):
+            if len(out) == n:
                 break
             a = int(rng.integers(lo, hi))
             if all(abs(a - o) >= clear for o in own):

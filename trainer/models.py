@@ -118,7 +118,6 @@ class CnnStudent(nn.Module):
             raise ValueError("this student has no auxiliary head (spec.aux_classes is empty)")
         return (logits, *([features] if return_features else []), *([self.aux_head(pooled)] if return_aux else []))
 
-
     def _pooled_frames(self) -> int:
         """Time steps left after the conv blocks for one window (each max-pool halves them, rounding down)."""
         with torch.no_grad():

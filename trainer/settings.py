@@ -57,8 +57,8 @@ class DataSettings:
     by default: 1 did not help on the validation stream (see README)."""
     shifted_windows: int = 0
     """With room windows, per training scene of a positive recording, this many more windows whose anchor is
-    shifted off the recording's onset: from where the window just holds the onset at its end to 0.6 s after it
-    (``trainer.context.SHIFT_AFTER_S``), at least ``shifted_clear_s`` from every onset the detector heard in the
+    shifted off the recording's onset: from where the window holds the onset 0.1 s before its end to 0.6 s after
+    it (``trainer.context.SHIFT_MARGIN_S``, ``SHIFT_AFTER_S``), at least ``shifted_clear_s`` from every onset the detector heard in the
     recording. Labelled not positive: the windows a detector scanning the stream (``--onset-scan-ms``) scores beside
     a cough, so that its score peaks where a cough starts and dips between the coughs of a bout. Off (0) by default."""
     shifted_clear_s: float = 0.25
@@ -133,7 +133,7 @@ class StudentSettings:
     pooling: str = "mean"
     """cnn: ``mean`` (global average), ``meanstd`` (also each channel's standard deviation over time) or
     ``position`` (each channel weights the window's time steps by learned weights, so the head knows where in
-    the window a sound is: what a detector that scans the stream needs, with ``data.near_windows``)."""
+    the window a sound is: what a detector that scans the stream needs, with ``data.shifted_windows``)."""
     band_stats: bool = False
     """cnn: also feed the head each mel band's time mean and standard deviation of the log-mel input (the
     classical reference's features) past the conv blocks."""
@@ -208,6 +208,8 @@ class Settings:
             (0 <= d.near_windows <= 8, "data.near_windows", d.near_windows, "must be in 0..8"),
             (0 <= d.shifted_windows <= 8, "data.shifted_windows", d.shifted_windows, "must be in 0..8"),
             (0.05 <= d.shifted_clear_s <= 0.5, "data.shifted_clear_s", d.shifted_clear_s, "must be in [0.05, 0.5] s"),
+            (not d.shifted_phases or d.shifted_windows > 0, "data.shifted_phases", d.shifted_phases,
+             "needs data.shifted_windows > 0 (the phases become shifted windows)"),
             (0 <= d.synthetic_per_kind <= 10_000, "data.synthetic_per_kind", d.synthetic_per_kind, "must be in 0..10000"),
             (t.freeze_feature_encoder in ("yes", "no", "auto"), "teacher.freeze_feature_encoder",
              t.freeze_feature_encoder, "must be yes, no or auto"),

@@ -63,20 +63,17 @@ def _piece(i: int, clip: Clip, maker: SceneMaker, scene, own: list[int], room: l
     return i, maker.windows(scene, own + room, window, pre_roll), targets
 
 
-def _later_phases(clip: Clip, scene, own: list[int], maker, clear_s: float) -> list[int]:
-    """The onsets heard inside the recording's loudest event (the stream benchmark's truth of one cough,
-    :func:`trainer.stream.single_event`) at least ``clear_s`` after the event's onset (the heard onset nearest its
-    start, within ``ONSET_TOLERANCE_S``): that cough's later phases, which the benchmark counts as the same cough."""
-    from .context import ONSET_TOLERANCE_S
-    from .stream import single_event
-
-    sr = maker.s.sample_rate
-    start, end = (scene.start + x for x in single_event(clip.audio, sr))
-    near = [o for o in own if abs(o - start) <= round(ONSET_TOLERANCE_S * sr)]
+def _later_phases(event: tuple[int, int], scene, own: list[int], maker: SceneMaker, clear_s: float) -> list[int]:
+    """The ``own`` onsets inside ``event`` (the recording's loudest event, the stream benchmark's truth of one cough:
+    :func:`trainer.stream.single_event`, in samples of the recording) at least ``clear_s`` after the event's onset
+    (the heard onset nearest its start, within ``ONSET_TOLERANCE_S``): that cough's later phases, which the
+    benchmark counts as the same cough."""
+    start, end = scene.start + event[0], scene.start + event[1]
+    near = [o for o in own if abs(o - start) <= maker.tolerance]
     if not near:
         return []
     first = min(near, key=lambda o: abs(o - start))
-    return [o for o in own if first + round(clear_s * sr) <= o < end]
+    return [o for o in own if first + round(clear_s * maker.s.sample_rate) <= o < end]
 
 
 def _one(onsets: list[int], rng: np.random.Generator) -> list[int]:
@@ -96,9 +93,13 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
     are never drawn as the cough's own window."""
     from tqdm import tqdm
 
+    from .stream import single_event
+
     pieces, unheard = [], 0
     for i, clip in enumerate(tqdm(clips, desc="training windows", unit="clip", disable=not progress)):
         heard = False
+        event = single_event(clip.audio, maker.s.sample_rate) \
+            if shifted_phases and room_label and clip.label != room_label else None
         for k in range(per_clip):
             rng = seeded_rng(seed, "train", clip.sha256, k)
             scene = maker.scene(clip, rng)
@@ -107,12 +108,13 @@ def training_windows(clips: list[Clip], maker: SceneMaker, labels: tuple[str, ..
             if own or (room and room_label):
                 beside = room_label and own and clip.label != room_label
                 off = maker.near_anchors(scene, room, near, window, pre_roll, rng) if beside else []
-                phases = _later_phases(clip, scene, own, maker, shifted_clear_s) if beside and shifted_phases else []
+                phases = _later_phases(event, scene, own, maker, shifted_clear_s) if beside and event else []
                 coughs = [o for o in own if o not in phases]
                 onset = _one(coughs, rng)
-                off += (phases[:shifted] + maker.shifted_anchors(coughs, onset[0], shifted - len(phases[:shifted]),
-                                                                 window, pre_roll, rng, shifted_clear_s)) \
-                    if beside else []
+                if beside:
+                    taken = phases[:shifted]
+                    off += taken + maker.shifted_anchors(coughs, onset[0], shifted - len(taken), window, pre_roll, rng,
+                                                         shifted_clear_s)
                 pieces.append(_piece(i, clip, maker, scene, onset, _one(room, rng) + off, labels, room_label,
                                      window, pre_roll))
         unheard += not heard
