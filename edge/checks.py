@@ -18,6 +18,15 @@ def _check_models(s: EdgeSettings) -> list[str]:
                    f"{m.info.sample_rate} Hz, {m.info.window_samples} samples, sha256={m.sha256[:12]}, "
                    "test inference ok")
     check_rates(*models)
+    if s.model.verifier:
+        from .verifier import Verifier
+
+        v = Verifier(s.model.verifier, s.model.threads)  # includes a test inference on silence and noise
+        if v.spec.sample_rate != models[0].info.sample_rate:
+            raise ValueError(f"verifier {v.folder} hears {v.spec.sample_rate} Hz, the models "
+                             f"{models[0].info.sample_rate} Hz")
+        out.append(f"verifier: {v.spec.tagger} mixed in at {v.spec.mix:g}, threshold {v.spec.threshold:.3f}, "
+                   f"tagger sha256={v.spec.tagger_sha256[:12]}, test inference ok")
     return out
 
 

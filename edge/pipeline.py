@@ -13,6 +13,7 @@ from .events import CoughEvent, ModelRef
 from .inference import Model
 from .onset import OnsetDetector, Sound
 from .scan import CoughScanner, Peak, ScanGrid
+from .verifier import Verifier
 from .windows import cut_views, cut_window, view_offsets
 
 
@@ -37,6 +38,8 @@ class Counters:
     """Sounds that followed an accepted cough without a gap (its later phases): part of its event, not new ones."""
     superseded: int = 0
     """Accepted sounds not published because a clearly better one followed within ``supersede_ms``."""
+    verified: int = 0
+    """Sounds the verifier's tagger heard (those whose detector score could reach the threshold with it)."""
     samples: int = 0
     """Audio samples processed."""
     busy_s: float = 0.0
@@ -57,7 +60,10 @@ class Counters:
 class Pipeline:
     def __init__(self, detector: Model, classifier: Model, device_id: str,
                  *, onset: OnsetDetector | None = None, detector_threshold: float | None = None,
-                 start_utc: datetime | None = None, synced: bool | None = None) -> None:
+                 start_utc: datetime | None = None, synced: bool | None = None, verifier: Verifier | None = None
+                 ) -> None:
+        """``verifier``: a second opinion mixed into each sound's score (:mod:`edge.verifier`); the threshold is then
+        the verifier's unless ``detector_threshold`` is given."""
         rates = {detector.info.sample_rate, classifier.info.sample_rate}
         if len(rates) != 1:
             raise ValueError(f"the cough detector and classifier disagree on sample rate: {sorted(rates)} Hz")
@@ -66,7 +72,15 @@ class Pipeline:
         self.onset = onset or OnsetDetector(self.sample_rate)
         if self.onset.sample_rate != self.sample_rate:
             raise ValueError(f"onset detector runs at {self.onset.sample_rate} Hz, models at {self.sample_rate} Hz")
-        self.detector_threshold = detector.info.threshold if detector_threshold is None else detector_threshold
+        if verifier is not None and verifier.spec.sample_rate != self.sample_rate:
+            raise ValueError(f"the verifier {verifier.folder} hears {verifier.spec.sample_rate} Hz, the models "
+                             f"{self.sample_rate} Hz")
+        if verifier is not None and self.onset.s.scan_ms:
+            raise ValueError("a verifier judges the energy gate's sounds; with scan_ms > 0 there are none "
+                             "(set scan_ms = 0 or leave the verifier out)")
+        self.verifier = verifier
+        own = detector.info.threshold if verifier is None else verifier.spec.threshold
+        self.detector_threshold = own if detector_threshold is None else detector_threshold
         self.start_utc = start_utc or datetime.now(timezone.utc)
         self.synced = clock_synced() if synced is None else synced
         self._views = view_offsets(self.onset.s.views, round(self.onset.s.view_step_ms * self.sample_rate / 1000))
@@ -167,7 +181,7 @@ class Pipeline:
         lat = sorted(c.latencies_ms)
         return {
             "audio_s": round(audio_s, 1), "events": c.events, "sounds": c.sounds, "rejected": c.rejected,
-            "merged": c.merged, "superseded": c.superseded,
+            "merged": c.merged, "superseded": c.superseded, "verified": c.verified,
             "scanned": self._scanner.scored if self._scanner is not None else 0,
             "real_time_factor": round(c.busy_s / audio_s, 5) if audio_s else None,
             "clipped_samples": c.clipped, "invalid_samples": c.invalid, "audio": self.audio_health(),
@@ -292,7 +306,15 @@ class Pipeline:
         info = self.detector.info
         windows = cut_views(self._buf, self._buf_start, sound.onset, info.window_samples, info.pre_roll_samples,
                             self._views)
-        return float(np.mean(self.detector(windows)[:, info.positive_index]))
+        score = float(np.mean(self.detector(windows)[:, info.positive_index]))
+        v = self.verifier
+        if v is None:
+            return score
+        if not v.may_reach(score, self.detector_threshold):
+            return v.mixed(score, 0.0)  # rejected whatever the tagger says: it need not run
+        self.counters.verified += 1
+        window = cut_window(self._buf, self._buf_start, sound.onset, info.window_samples, info.pre_roll_samples)
+        return v.mixed(score, float(v(window[None])[0]))
 
     def _accept(self, sound: Sound, cough_score: float) -> CoughEvent | None:
         """``sound``'s event, classified, when its cough score reaches the threshold (else counted as rejected)."""

@@ -41,7 +41,11 @@ class ModelSettings:
     threads: int = 1
     """onnxruntime intra-op threads per model."""
     detector_threshold: float = -1.0
-    """Override the cough detector's threshold in [0, 1]; -1 = use the one in its metadata."""
+    """Override the cough detector's threshold in [0, 1]; -1 = use the one in its metadata (with a verifier, the
+    verifier's threshold of the mixed score)."""
+    verifier: str = ""
+    """Verifier folder (``edge.verifier``): a pretrained tagger's second opinion, mixed into the cough detector's
+    score of each sound; empty = none."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.threads <= 64:

@@ -5,6 +5,7 @@ built with `onnx.helper` that load but fail (or answer nonsense) at run time.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -181,3 +182,21 @@ def test_deploy_cli_reports_a_refused_model_without_a_traceback(tmp_path):
                             stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith("deploy: error:") and "failed a test inference" in result.stderr
+
+
+def test_edge_run_and_check_hear_the_shipped_verifier_and_refuse_a_broken_one(tmp_path):
+    shipped = ROOT / "models" / "cough-verifier"
+    result = edge("check", "--skip-mic", "--model-verifier", str(shipped), cwd=tmp_path)
+    assert result.returncode == 0 and "ok    models: verifier: yamnet.onnx mixed in at 0.3" in result.stdout, result.stdout
+    result = edge("run", "--source", str(DEMO), "--fast", "--model-verifier", str(shipped), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert events and all(e["cough_score"] >= 0 for e in events)
+    broken = tmp_path / "broken"
+    shutil.copytree(shipped, broken)
+    (broken / "yamnet.onnx").write_bytes(b"not a model")
+    for command in (["run", "--source", str(DEMO), "--fast"], ["check", "--skip-mic"]):
+        result = edge(*command, "--model-verifier", str(broken), cwd=tmp_path)
+        text = result.stderr if command[0] == "run" else result.stdout
+        assert result.returncode == (2 if command[0] == "run" else 1) and "Traceback" not in result.stderr, text
+        assert "is not the file its probe was fitted on" in text, text

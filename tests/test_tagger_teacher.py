@@ -264,3 +264,120 @@ def test_distill_from_a_probe_on_a_tagger(embedder, tmp_path, monkeypatch):
 
     assert Model(out / "student.int8.onnx").info.teacher == f"onnx:{embedder} (embedding probe)"
     assert "logistic regression on its embedding" in (out / "MODEL_CARD.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def verifier_folder(embedder, tmp_path_factory):
+    """A probe on the tiny embedder (loud windows are coughs), exported as an edge verifier folder."""
+    from trainer.export import export_verifier
+    from trainer.models import save_checkpoint
+
+    rng = np.random.default_rng(0)
+
+    def windows(n):  # a 100 ms burst in quiet: a loud one is a cough, a soft one is not
+        loud = rng.random(n) < 0.5
+        x = 0.001 * rng.standard_normal((n, 4000))
+        for row, level in zip(x, np.where(loud, 0.3, 0.05)):
+            start = int(rng.integers(800, 1400))
+            row[start:start + 1600] += level * rng.standard_normal(1600)
+        return x.astype(np.float32), np.where(loud, 0, 1)
+
+    teacher = _probe(embedder)
+    teacher.fit(*windows(60), *windows(30))
+    root = tmp_path_factory.mktemp("verifier")
+    save_checkpoint(teacher, root / "teacher")
+    return export_verifier(root / "teacher", root / "verifier", mix=0.3, threshold=0.5)
+
+
+def test_verifier_is_the_probe_teacher_in_numpy_and_mixes_into_the_detectors_score(verifier_folder, tmp_path):
+    from edge.verifier import Verifier, read_spec
+    from trainer.models import load_checkpoint
+
+    v = Verifier(verifier_folder)
+    teacher = load_checkpoint(verifier_folder.parent / "teacher")
+    x = (np.random.default_rng(1).standard_normal((3, 4000)) * np.array([[0.3], [0.02], [0.1]])).astype(np.float32)
+    want = torch.softmax(teacher(torch.from_numpy(x)), -1)[:, 0].detach().numpy()
+    np.testing.assert_allclose(v(x), want, atol=1e-5)
+    assert v(x)[0] > 0.5 > v(x)[1]
+    assert v.mixed(0.5, 0.5) == pytest.approx(0.5) and v.may_reach(0.29, 0.5) and not v.may_reach(0.28, 0.5)
+    spec = read_spec(verifier_folder)
+    assert (spec.mix, spec.threshold, spec.tagger, spec.labels) == (0.3, 0.5, "tiny.onnx", ("cough", "not_cough"))
+
+
+def test_a_bad_verifier_folder_is_refused_with_what_is_wrong(verifier_folder, tagger, tmp_path):
+    import json
+    import shutil
+
+    from edge.contract import ContractError
+    from edge.verifier import SPEC_FILE, Verifier
+    from trainer.export import export_verifier
+
+    with pytest.raises(ContractError, match="no verifier.json"):
+        Verifier(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(verifier_folder, bad)
+    body = json.loads((bad / SPEC_FILE).read_text())
+    for change, message in (({"mix": 1.5}, r"mix = 1.5 must be in \(0, 1\]"), ({"threshold": float("nan")}, "threshold"),
+                            ({"bias": [0.0]}, "bias must have 2 values"), ({"format": 9}, "format 9"),
+                            ({"positive_label": "sneeze"}, "positive_label 'sneeze' is not among labels")):
+        (bad / SPEC_FILE).write_text(json.dumps({**body, **change}))
+        with pytest.raises(ContractError, match=message):
+            Verifier(bad)
+    (bad / SPEC_FILE).write_text(json.dumps(body))
+    shutil.copyfile(tagger, bad / "tiny.onnx")  # another file under the same name
+    with pytest.raises(ContractError, match="not the file its probe was fitted on"):
+        Verifier(bad)
+    (bad / "tiny.onnx").unlink()
+    with pytest.raises(ContractError, match="its tagger tiny.onnx is missing"):
+        Verifier(bad)
+    from trainer.models import build_teacher, save_checkpoint
+
+    plain = build_teacher(f"onnx:{tagger}", ("cough", "not_cough"), "cough", window_samples=4000, pre_roll_samples=1000)
+    save_checkpoint(plain, tmp_path / "plain")
+    with pytest.raises(ValueError, match="a verifier is made from a probe teacher"):
+        export_verifier(tmp_path / "plain", tmp_path / "out", mix=0.3, threshold=0.5)
+
+
+class _FixedDetector:
+    """Stands in for the cough detector: the same cough probability for every window."""
+
+    def __init__(self, p: float) -> None:
+        from edge.contract import ModelInfo
+
+        self.info = ModelInfo(name="det", labels=("cough", "not_cough"), positive_label="cough", sample_rate=16000,
+                              window_samples=4000, pre_roll_samples=1000, threshold=0.5, teacher="-", train_data="-",
+                              metrics={}, created="-", version="1")
+        self.sha256, self.p = "0" * 64, p
+
+    def __call__(self, windows):
+        return np.repeat(np.array([[self.p, 1 - self.p]], dtype=np.float32), len(windows), axis=0)
+
+
+def _bursts(levels):
+    """Quiet room with a 100 ms noise burst every 2 s at each of ``levels`` (RMS)."""
+    rng = np.random.default_rng(2)
+    audio = (0.001 * rng.standard_normal(16000 * (2 * len(levels) + 1))).astype(np.float32)
+    for i, level in enumerate(levels):
+        start = 16000 * (2 * i + 1)
+        audio[start:start + 1600] += (level * rng.standard_normal(1600)).astype(np.float32)
+    return audio
+
+
+def test_pipeline_holds_the_mixed_score_to_the_verifiers_threshold(verifier_folder):
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+    from edge.verifier import Verifier
+
+    v = Verifier(verifier_folder)  # mix 0.3, threshold 0.5: the detector's 0.5 passes only where the probe says cough
+    audio = _bursts([0.3, 0.05, 0.3])
+    pipe = Pipeline(_FixedDetector(0.5), _FixedDetector(0.5), "dev", synced=True, verifier=v)
+    assert pipe.detector_threshold == 0.5
+    events = [e for s in range(0, audio.size, 1600) for e in pipe.feed(audio[s:s + 1600])] + pipe.flush()
+    assert [round(e.onset_sample / 16000) for e in events] == [1, 5]
+    assert all(e.cough_score >= 0.5 for e in events) and pipe.counters.verified == 3
+    low = Pipeline(_FixedDetector(0.2), _FixedDetector(0.5), "dev", synced=True, verifier=v)
+    assert not [e for s in range(0, audio.size, 1600) for e in low.feed(audio[s:s + 1600])] + low.flush()
+    assert low.counters.verified == 0, "0.7 * 0.2 + 0.3 can never reach 0.5: the tagger need not run"
+    with pytest.raises(ValueError, match="a verifier judges the energy gate's sounds"):
+        Pipeline(_FixedDetector(0.5), _FixedDetector(0.5), "dev", verifier=v,
+                 onset=OnsetDetector(16000, OnsetSettings(scan_ms=100)))

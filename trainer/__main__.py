@@ -25,7 +25,8 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
     if out is not None and ((out.exists() and not out.is_dir()) or out.suffix in (".json", ".md", ".png")):
         raise ValueError(f"--out {out} names a file; trainer stream --out names a folder (as every --out does)")
     if args.choose_detector_threshold:
-        chosen = stream.choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset)
+        chosen = stream.choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset,
+                                                  Path(m.verifier) if m.verifier else None)
         _report({**chosen, "command": command}, chosen["chosen"], out and out / "threshold-sweep.json")
         if out:
             stream.plot_sweep(chosen, out / "threshold-sweep.png")
@@ -37,7 +38,7 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
     else:
         result = stream.run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                                    detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
-                                   onset=cmd.onset)
+                                   onset=cmd.onset, verifier=Path(m.verifier) if m.verifier else None)
         result["command"] = command
         print("\n".join(stream.markdown(result)))
         if out:
@@ -115,6 +116,20 @@ def add_stream(sub) -> None:
                         "sensitive one within --stream-max-false-per-hour into the detector file")
 
 
+def add_export_verifier(sub) -> None:
+    p = sub.add_parser("export-verifier", help="a probe teacher as the daemon's verifier (--model-verifier)",
+                       description="Write an edge verifier folder from a probe teacher (trainer distill --teacher "
+                                   "onnx:PATH --teacher-head probe): the tagger's ONNX file, verifier.json (its probe "
+                                   "head, the mix and the threshold of the mixed score), TAGGER.md. Choose the "
+                                   "threshold afterwards on a validation stream: trainer stream --stream-split val "
+                                   "--choose-detector-threshold --model-verifier DIR.")
+    p.add_argument("checkpoint", type=Path, help="a run's teacher/ folder holding a probe teacher")
+    p.add_argument("--out", type=Path, required=True, help="the verifier folder to write")
+    p.add_argument("--mix", type=float, default=0.3,
+                   help="weight of the probe's probability against the detector's score, in (0, 1] (default 0.3)")
+    p.add_argument("--threshold", type=float, default=0.5, help="threshold of the mixed score (default 0.5)")
+
+
 def add_negatives(sub) -> None:
     p = sub.add_parser("negatives", help="build a manifest of non-cough sounds from Debian packages",
                        description="Download Debian packages that ship recorded sound (apt-get download, dpkg -x), "
@@ -138,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
     add_arguments(p)
-    for add in (add_evaluate, add_export, add_benchmark, add_stream, add_negatives):
+    for add in (add_evaluate, add_export, add_export_verifier, add_benchmark, add_stream, add_negatives):
         add(sub)
     return parser
 
@@ -173,6 +188,10 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> None:
         run_evaluate(args)
     elif args.command == "export":
         run_export(args)
+    elif args.command == "export-verifier":
+        from .export import export_verifier
+
+        print(export_verifier(args.checkpoint, args.out, mix=args.mix, threshold=args.threshold))
     elif args.command == "stream":
         run_stream_command(args, argv)
     elif args.command == "benchmark":

@@ -189,3 +189,65 @@ def reexport(checkpoint: Path, out: Path, s: Settings, *, threshold: float | Non
                                 pre_roll=spec.pre_roll_samples, seed=s.run.seed, split="evaluate")
         files.append(quantize_int8(files[0], out / "student.int8.onnx", ws.windows[:128], kind=spec.kind))
     return files
+
+
+VERIFIER_TOLERANCE = 1e-4
+"""Largest difference of the exported verifier's probability from the probe teacher's on seeded windows."""
+
+
+def export_verifier(teacher: Path, out: Path, *, mix: float, threshold: float, seed: int = 0) -> Path:
+    """A probe teacher (`--teacher onnx:PATH --teacher-head probe`) as an edge verifier folder: its tagger's ONNX
+    file copied, ``verifier.json`` (the standardiser and the linear head, the mix and the threshold of the mixed
+    score), and the tagger's README as ``TAGGER.md`` where one lies beside it (provenance and licence). The folder
+    is then loaded by :class:`edge.verifier.Verifier` and compared with the teacher on seeded windows."""
+    import shutil
+
+    from edge.verifier import Verifier, VerifierSpec, write_spec
+
+    from .models import load_checkpoint
+
+    model = load_checkpoint(teacher)
+    if model.spec.kind != "onnx-probe":
+        raise ValueError(f"{teacher} is a {model.spec.kind!r} teacher; a verifier is made from a probe teacher "
+                         "(trainer distill --teacher onnx:PATH --teacher-head probe)")
+    tagger = model.tagger
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tagger.path, out / tagger.path.name)
+    readme = tagger.path.parent / "README.md"
+    if readme.is_file():
+        shutil.copyfile(readme, out / "TAGGER.md")
+    digest = bytes(tagger.file_sha256.tolist()).hex()
+    spec = VerifierSpec(tagger.path.name, digest, tuple(tagger.labels), tagger.labels[tagger.positive],
+                        model.spec.sample_rate, model.mean.double().numpy(), model.scale.double().numpy(),
+                        model.head.weight.detach().double().numpy(), model.head.bias.detach().double().numpy(),
+                        float(mix), float(threshold))
+    write_spec(out, spec)
+    (out / "MODEL_CARD.md").write_text(verifier_card(teacher, model.spec.source, spec))
+    windows = seeded_input(model.spec, seed)
+    with torch.no_grad():
+        want = torch.softmax(model(torch.from_numpy(windows)), -1)[:, tagger.positive].numpy()
+    got = Verifier(out)(windows)
+    worst = float(np.abs(got - want).max())
+    if worst > VERIFIER_TOLERANCE:
+        raise ValueError(f"{out}: the verifier differs from the teacher {teacher} by {worst:.2e} on seeded windows")
+    log.info("verifier written to %s (%s, mix %.2f, threshold %.2f); it matches the teacher within %.1e", out,
+             tagger.path.name, mix, threshold, worst)
+    return out
+
+
+def verifier_card(teacher: Path, source: str, spec) -> str:
+    """The verifier folder's model card: what it is, where its parts come from, how it is used."""
+    settings = teacher.parent / "settings.json"
+    data = json.loads(settings.read_text()).get("data", {}).get("manifest", "") if settings.is_file() else ""
+    return "\n".join([
+        "# Verifier: a pretrained tagger's second opinion on the cough detector's sounds", "",
+        "Research screening signal only, not a diagnosis.", "",
+        f"- Tagger: `{spec.tagger}` (sha256 `{spec.tagger_sha256}`), from `{source}`, used frozen; its provenance and "
+        "licence are in `TAGGER.md`.",
+        f"- Probe: logistic regression on the mean and maximum of the tagger's `embedding` over the window, fitted "
+        f"on the training windows of the run whose teacher is `{teacher}`" + (f" (data: `{data}`)." if data else "."),
+        f"- Labels: {', '.join(spec.labels)}; the daemon mixes the probe's probability of `{spec.positive_label}` into "
+        f"the cough detector's score: `(1 - {spec.mix:g}) * detector + {spec.mix:g} * probe`.",
+        "- The threshold of that mixed score is in `verifier.json`, chosen on a validation stream with `trainer stream "
+        "--stream-split val --choose-detector-threshold --model-verifier <this folder>`.",
+        "- Use: `edge run --model-verifier <this folder>` (README, \"A second opinion from the pretrained tagger\").", ""])

@@ -475,14 +475,17 @@ def _event_auc(coughs: list, events: list[StreamEvent], positive_label: str) -> 
 
 
 def run_daemon_pipeline(det, cls, stream: np.ndarray, detector_threshold: float | None = None,
-                        onset: OnsetSettings | None = None, chunk: int = 1600) -> tuple[list[StreamEvent], float]:
+                        onset: OnsetSettings | None = None, chunk: int = 1600, verifier=None
+                        ) -> tuple[list[StreamEvent], float]:
     """Feed ``stream`` through the daemon's ``Pipeline`` as `edge run` does, with the loaded detector and classifier
-    (``edge.inference.Model``) and onset settings; its events and the seconds it took."""
+    (``edge.inference.Model``), onset settings and verifier (``edge.verifier.Verifier``, or None); its events and the
+    seconds it took."""
     from edge.onset import OnsetDetector
     from edge.pipeline import Pipeline
 
     pipe = Pipeline(det, cls, "stream-benchmark", detector_threshold=detector_threshold, synced=False,
-                    onset=OnsetDetector(det.info.sample_rate, onset), start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc))
+                    onset=OnsetDetector(det.info.sample_rate, onset), start_utc=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                    verifier=verifier)
     events, t0 = [], time.perf_counter()
     for start in range(0, stream.size, chunk):
         events += pipe.feed(stream[start: start + chunk])
@@ -542,12 +545,15 @@ def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset:
 
 
 def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
-               detector_threshold: float | None = None, onset: OnsetSettings | None = None) -> dict:
+               detector_threshold: float | None = None, onset: OnsetSettings | None = None,
+               verifier: Path | None = None) -> dict:
     """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
     from edge.inference import Model
+    from edge.verifier import Verifier
 
     s.validate()
     det, cls = Model(detector), Model(classifier)
+    ver = Verifier(verifier) if verifier else None
     coughs, sounds = _held_out_audio(s, det.info.sample_rate)
     rate = det.info.sample_rate
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
@@ -555,21 +561,45 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
              sum(p.kind == "cough" for p in truth), sum(p.kind == "sound" for p in truth))
     if audio_out is not None:
         write_stream(audio_out, stream, rate, truth)
-    events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold, onset)
-    best, _ = placed_scores(det, cls, stream, truth, onset)
+    events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold, onset, verifier=ver)
+    best, _ = placed_scores(det, cls, stream, truth, onset, ver)
     result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
                           positive_label=cls.info.positive_label, levels=s.levels)
     result["onset_gate"] = onset_gate(truth, stream, rate, onset, s.levels)
     result["detector_clip_level"] = detector_clip_level(truth, best)
     result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
     result["real_time_factor"] = seconds / (stream.size / rate)
-    threshold = det.info.threshold if detector_threshold is None else detector_threshold
+    own = det.info.threshold if ver is None else ver.spec.threshold
+    threshold = own if detector_threshold is None else detector_threshold
     result["models"] = {"detector": {"path": str(detector), "threshold": threshold, "sha256": det.sha256},
+                        **({"verifier": {"path": str(verifier), "mix": ver.spec.mix, "tagger": ver.spec.tagger,
+                                         "tagger_sha256": ver.spec.tagger_sha256}} if ver else {}),
                         "classifier": {"path": str(classifier), "threshold": cls.info.threshold,
                                        "sha256": cls.sha256, "positive_label": cls.info.positive_label}}
     result["settings"] = asdict(s)
     result["onset_settings"] = asdict(onset or OnsetSettings())
     return result
+
+
+class RememberedVerifier:
+    """A loaded verifier whose answer for each window is computed once (a threshold sweep replays the stream)."""
+
+    def __init__(self, verifier) -> None:
+        self.inner, self.spec, self.folder = verifier, verifier.spec, verifier.folder
+        self._known: dict[str, float] = {}
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        keys = [hashlib.sha1(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest() for w in windows]
+        todo = [i for i, k in enumerate(keys) if k not in self._known]
+        if todo:
+            self._known.update(zip([keys[i] for i in todo], self.inner(np.asarray(windows)[todo]).tolist()))
+        return np.array([self._known[k] for k in keys], dtype=np.float32)
+
+    def mixed(self, detector_score: float, probe: float) -> float:
+        return self.inner.mixed(detector_score, probe)
+
+    def may_reach(self, detector_score: float, threshold: float) -> bool:
+        return self.inner.may_reach(detector_score, threshold)
 
 
 class Remembered:
@@ -591,13 +621,15 @@ class Remembered:
 
 
 def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path,
-                              onset: OnsetSettings | None = None) -> dict:
+                              onset: OnsetSettings | None = None, verifier: Path | None = None) -> dict:
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
-    whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file. The daemon's
-    pipeline runs once per threshold: which sounds merge into a cough depends on which were accepted."""
+    whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file (with a
+    ``verifier``, the threshold of the mixed score, into the verifier's spec). The daemon's pipeline runs once per
+    threshold: which sounds merge into a cough depends on which were accepted."""
     from tqdm import tqdm
 
     from edge.inference import Model
+    from edge.verifier import Verifier, read_spec, write_spec
 
     from .export import set_threshold
 
@@ -609,8 +641,9 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     det, cls, table = Remembered(det), Remembered(Model(classifier)), []
+    ver = RememberedVerifier(Verifier(verifier)) if verifier else None
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
-        events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset)
+        events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset, verifier=ver)
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
         table.append({"threshold": float(t), "sensitivity": m["coughs"]["share"],
                       "background_events_per_hour": m["background_events_per_hour"],
@@ -621,20 +654,24 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         raise ValueError(f"no detector threshold keeps the validation stream within {s.max_false_per_hour} background "
                          "events per hour")
     best = max(ok, key=lambda r: (r["sensitivity"], -r["threshold"]))
-    before = det.info.threshold
-    set_threshold(detector, best["threshold"])
-    log.info("detector threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
-             best["threshold"], detector, best["sensitivity"], best["background_events_per_hour"])
+    if ver is None:
+        before, into = det.info.threshold, detector
+        set_threshold(detector, best["threshold"])
+    else:
+        before, into = ver.spec.threshold, verifier
+        write_spec(verifier, replace(read_spec(verifier), threshold=best["threshold"]))
+    log.info("threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
+             best["threshold"], into, best["sensitivity"], best["background_events_per_hour"])
     return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
 
 
-def placed_scores(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None
+def placed_scores(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None, verifier=None
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The cough detector's score at every sound of the stream, through the daemon's pipeline with nothing
-    merged: (the best score in each placed clip's span, in ``truth`` order, NaN where the onset detector found no
-    sound; the score of each sound in no placed span)."""
+    """The cough detector's score (with a ``verifier``, the mixed score) at every sound of the stream, through the
+    daemon's pipeline with nothing merged: (the best score in each placed clip's span, in ``truth`` order, NaN where
+    the onset detector found no sound; the score of each sound in no placed span)."""
     events, _ = run_daemon_pipeline(det, cls, stream, 0.0, replace(onset or OnsetSettings(), merge_gap_ms=0.0,
-                                                                        supersede_ms=0.0))
+                                                                        supersede_ms=0.0), verifier=verifier)
     hits = match_events(truth, [e.onset for e in events], det.info.sample_rate)
     scores = np.array([e.cough_score for e in events])
     best = np.array([max((scores[i] for i in h), default=np.nan) for h in hits], dtype=float)

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.verifier import tagger_starts
+
 PREFIX = "onnx:"
 TAGGER_RATE = 16000
 """Sample rate of the taggers this adapter knows (YAMNet: 16 kHz)."""
@@ -102,7 +104,7 @@ class OnnxTagger(nn.Module):
         if n < self.window:
             audio = np.pad(audio, ((0, 0), (0, self.window - n)))
             n = self.window
-        starts = sorted(set(range(0, n - self.window + 1, self.window // 2)) | {n - self.window})
+        starts = tagger_starts(n, self.window)
         return np.stack([np.stack([self.session.run([output], {self.input_name: row[None, s:s + self.window]})[0]
                                    .reshape(-1) for s in starts]) for row in audio]).astype(np.float32)
 
