@@ -129,6 +129,16 @@ install_models() {
     install_file "$src/$name/student.int8.onnx" "$STATE_DIR/models/$name/student.int8.onnx" 0644
     [ ! -f "$src/$name/MODEL_CARD.md" ] || install_file "$src/$name/MODEL_CARD.md" "$STATE_DIR/models/$name/MODEL_CARD.md" 0644
   done
+  install_verifier "$src/cough-verifier"
+}
+
+install_verifier() {  # the optional verifier folder, when the models carry one; edge.toml's [model] verifier turns it on
+  local src="$1" f
+  [ -f "$src/verifier.json" ] || return 0
+  for f in "$src"/verifier.json "$src"/*.onnx "$src"/*.md; do
+    [ -f "$f" ] || continue
+    install_file "$f" "$STATE_DIR/models/cough-verifier/$(basename "$f")" 0644
+  done
 }
 
 ensure_user() {

@@ -62,9 +62,15 @@ def test_install_is_idempotent_and_uninstall_keeps_config(tmp_path):
              "etc/systemd/system/coughwatch-edge.service": 0o644,
              "etc/systemd/journald.conf.d/coughwatch.conf": 0o644,
              "var/lib/coughwatch/models/cough-detector/student.int8.onnx": 0o644,
-             "var/lib/coughwatch/models/covid-screen/student.int8.onnx": 0o644}
+             "var/lib/coughwatch/models/covid-screen/student.int8.onnx": 0o644,
+             "var/lib/coughwatch/models/cough-verifier/verifier.json": 0o644,
+             "var/lib/coughwatch/models/cough-verifier/yamnet.onnx": 0o644}
     for rel, mode in modes.items():
         assert (root / rel).stat().st_mode & 0o777 == mode, rel
+    from edge.verifier import Verifier
+
+    Verifier(root / "var/lib/coughwatch/models/cough-verifier")  # complete: it loads and runs
+    assert "verifier" not in conf, "installed, not turned on: [model] verifier does that"
     assert (root / "etc/systemd/system/multi-user.target.wants/coughwatch-edge.service").is_symlink()
     assert (root / "opt/coughwatch/venv/bin/edge").is_file()
     assert "SystemMaxUse=50M" in (root / "etc/systemd/journald.conf.d/coughwatch.conf").read_text()
