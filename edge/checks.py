@@ -22,9 +22,7 @@ def _check_models(s: EdgeSettings) -> list[str]:
         from .verifier import Verifier
 
         v = Verifier(s.model.verifier, s.model.threads)  # includes a test inference on silence and noise
-        if v.spec.sample_rate != models[0].info.sample_rate:
-            raise ValueError(f"verifier {v.folder} hears {v.spec.sample_rate} Hz, the models "
-                             f"{models[0].info.sample_rate} Hz")
+        v.check_rate(models[0].info.sample_rate)
         out.append(f"verifier: {v.spec.tagger} mixed in at {v.spec.mix:g}, threshold {v.spec.threshold:.3f}, "
                    f"tagger sha256={v.spec.tagger_sha256[:12]}, test inference ok")
     return out

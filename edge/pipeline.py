@@ -72,9 +72,8 @@ class Pipeline:
         self.onset = onset or OnsetDetector(self.sample_rate)
         if self.onset.sample_rate != self.sample_rate:
             raise ValueError(f"onset detector runs at {self.onset.sample_rate} Hz, models at {self.sample_rate} Hz")
-        if verifier is not None and verifier.spec.sample_rate != self.sample_rate:
-            raise ValueError(f"the verifier {verifier.folder} hears {verifier.spec.sample_rate} Hz, the models "
-                             f"{self.sample_rate} Hz")
+        if verifier is not None:
+            verifier.check_rate(self.sample_rate)
         if verifier is not None and self.onset.s.scan_ms:
             raise ValueError("a verifier judges the energy gate's sounds; with scan_ms > 0 there are none "
                              "(set scan_ms = 0 or leave the verifier out)")
@@ -313,8 +312,8 @@ class Pipeline:
         if not v.may_reach(score, self.detector_threshold):
             return v.mixed(score, 0.0)  # rejected whatever the tagger says: it need not run
         self.counters.verified += 1
-        window = cut_window(self._buf, self._buf_start, sound.onset, info.window_samples, info.pre_roll_samples)
-        return v.mixed(score, float(v(window[None])[0]))
+        at_onset = windows[len(self._views) // 2]  # views are centred on the onset: the middle one is at it
+        return v.mixed(score, float(v(at_onset[None])[0]))
 
     def _accept(self, sound: Sound, cough_score: float) -> CoughEvent | None:
         """``sound``'s event, classified, when its cough score reaches the threshold (else counted as rejected)."""

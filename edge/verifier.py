@@ -80,9 +80,9 @@ def read_spec(folder: Path) -> VerifierSpec:
         spec = VerifierSpec(str(body["tagger"]), str(body["tagger_sha256"]), tuple(body["labels"]),
                             str(body["positive_label"]), int(body["sample_rate"]), arrays["mean"], arrays["scale"],
                             arrays["weight"], arrays["bias"], float(body["mix"]), float(body["threshold"]))
+    except ContractError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        if isinstance(exc, ContractError):
-            raise
         raise ContractError(f"{path}: unreadable verifier spec ({type(exc).__name__}: {exc})") from exc
     _check(path, spec)
     return spec
@@ -163,6 +163,12 @@ class Verifier:
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return (p[:, self.positive] / p.sum(axis=1)).astype(np.float32)
+
+    def check_rate(self, sample_rate: int) -> None:
+        """The verifier hears the models' stream: refuse another rate (ContractError)."""
+        if self.spec.sample_rate != sample_rate:
+            raise ContractError(f"the verifier {self.folder} hears {self.spec.sample_rate} Hz audio, the models "
+                                f"{sample_rate} Hz")
 
     def mixed(self, detector_score: float, probe: float) -> float:
         """The score the threshold applies to."""

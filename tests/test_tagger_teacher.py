@@ -378,6 +378,10 @@ def test_pipeline_holds_the_mixed_score_to_the_verifiers_threshold(verifier_fold
     low = Pipeline(_FixedDetector(0.2), _FixedDetector(0.5), "dev", synced=True, verifier=v)
     assert not [e for s in range(0, audio.size, 1600) for e in low.feed(audio[s:s + 1600])] + low.flush()
     assert low.counters.verified == 0, "0.7 * 0.2 + 0.3 can never reach 0.5: the tagger need not run"
+    from edge.contract import ContractError
+
+    with pytest.raises(ContractError, match="hears 16000 Hz audio, the models 8000 Hz"):
+        v.check_rate(8000)
     with pytest.raises(ValueError, match="a verifier judges the energy gate's sounds"):
         Pipeline(_FixedDetector(0.5), _FixedDetector(0.5), "dev", verifier=v,
                  onset=OnsetDetector(16000, OnsetSettings(scan_ms=100)))

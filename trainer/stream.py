@@ -581,34 +581,17 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     return result
 
 
-class RememberedVerifier:
-    """A loaded verifier whose answer for each window is computed once (a threshold sweep replays the stream)."""
-
-    def __init__(self, verifier) -> None:
-        self.inner, self.spec, self.folder = verifier, verifier.spec, verifier.folder
-        self._known: dict[str, float] = {}
-
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        keys = [hashlib.sha1(np.ascontiguousarray(w, dtype=np.float32).tobytes()).hexdigest() for w in windows]
-        todo = [i for i, k in enumerate(keys) if k not in self._known]
-        if todo:
-            self._known.update(zip([keys[i] for i in todo], self.inner(np.asarray(windows)[todo]).tolist()))
-        return np.array([self._known[k] for k in keys], dtype=np.float32)
-
-    def mixed(self, detector_score: float, probe: float) -> float:
-        return self.inner.mixed(detector_score, probe)
-
-    def may_reach(self, detector_score: float, threshold: float) -> bool:
-        return self.inner.may_reach(detector_score, threshold)
-
-
 class Remembered:
-    """A loaded model whose answer for each window is computed once: a sweep replays the same stream, and which
-    windows the pipeline cuts does not depend on the threshold (which of them merge does)."""
+    """A loaded model (or verifier) whose answer for each window is computed once: a sweep replays the same stream,
+    and which windows the pipeline cuts does not depend on the threshold (which of them merge does). Everything
+    else (``info``, ``spec``, ``mixed``, ...) is the wrapped object's."""
 
     def __init__(self, model) -> None:
-        self.model, self.info, self.sha256, self.path = model, model.info, model.sha256, model.path
+        self.model = model
         self.answers: dict[bytes, np.ndarray] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         out = []
@@ -641,7 +624,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     det, cls, table = Remembered(det), Remembered(Model(classifier)), []
-    ver = RememberedVerifier(Verifier(verifier)) if verifier else None
+    ver = Remembered(Verifier(verifier)) if verifier else None
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
         events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset, verifier=ver)
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
