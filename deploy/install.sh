@@ -132,7 +132,7 @@ install_models() {
   install_verifier "$src/cough-verifier"
 }
 
-install_verifier() {  # the optional verifier folder, when the models carry one; edge.toml's [model] verifier turns it on
+install_verifier() {  # the verifier folder, when the models carry one (edge.shipped.VERIFIER_FILES); used by default ([model] verifier = "auto")
   local src="$1" f
   [ -f "$src/verifier.json" ] || return 0
   for f in "$src"/verifier.json "$src"/*.onnx "$src"/*.md; do

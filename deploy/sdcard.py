@@ -20,7 +20,7 @@ from typing import Protocol
 from edge.broker import PASSWORD_ENV
 from edge.mqtt import MqttSettings
 from edge.settings import check_device_id
-from edge.shipped import CARD_FILE, MODEL_FILE, MODELS
+from edge.shipped import CARD_FILE, MODEL_FILE, MODELS, VERIFIER, verifier_files
 
 REPO = Path(__file__).resolve().parent.parent
 FAT_TYPES = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E}
@@ -152,6 +152,8 @@ def payload(s: CardSettings, wheels: list[Path], models: Path) -> dict[str, byte
         card = models / name / CARD_FILE
         if card.is_file():
             files[f"coughwatch/models/{name}/{CARD_FILE}"] = card.read_bytes()
+    for f in verifier_files(models / VERIFIER):  # used by default (verifier = auto) where the models carry it
+        files[f"coughwatch/models/{VERIFIER}/{f.name}"] = f.read_bytes()
     for wheel in wheels:
         files[f"coughwatch/wheels/{wheel.name}"] = wheel.read_bytes()
     env = {"DEVICE_ID": s.device_id, "MQTT_HOST": s.mqtt.host, "MQTT_PORT": str(s.mqtt.port),

@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .outbox import Outbox
     from .pipeline import Pipeline
     from .sdnotify import Notifier
-    from .verifier import Verifier
+    from .verifier import Verifier, resolve
 
     s = _settings(args)
     stop = stop_on_signals()
@@ -67,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sink = MqttSink(s.mqtt, s.device.id, Outbox(s.device.outbox, s.device.outbox_max_events), info=info,
                     keep_days=s.device.counts_days) if s.mqtt.host else StdoutSink()
 
-    verifier = Verifier(s.model.verifier, s.model.threads) if s.model.verifier else None
+    chosen = resolve(s.model.verifier, detector.info, scanning=s.onset.scan_ms > 0)
+    verifier = Verifier(chosen.folder, s.model.threads) if chosen.folder else None
     pipeline = Pipeline(detector, classifier, s.device.id, onset=OnsetDetector(rate, s.onset),
                         detector_threshold=None if s.model.detector_threshold < 0 else s.model.detector_threshold,
                         verifier=verifier)
@@ -76,9 +77,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("device %s: detector %s, classifier %s (%s), results to %s", s.device.id, detector.info.name,
              classifier.info.name, classifier.sha256[:12], f"mqtt://{s.mqtt.host}:{s.mqtt.port}" if s.mqtt.host
              else "stdout")
-    if verifier is not None:
-        log.info("verifier %s: %s mixed in at %.2f, threshold %.2f", verifier.folder, verifier.spec.tagger,
-                 verifier.spec.mix, pipeline.detector_threshold)
+    if verifier is None:
+        log.log(logging.WARNING if chosen.set_aside else logging.INFO, "%s", chosen.why)
+    else:
+        log.info("%s: %s mixed in at %.2f, threshold %.2f", chosen.why, verifier.spec.tagger, verifier.spec.mix,
+                 pipeline.detector_threshold)
     log.info("results are research screening signals, not a diagnosis")
     return daemon.run()
 

@@ -18,13 +18,16 @@ def _check_models(s: EdgeSettings) -> list[str]:
                    f"{m.info.sample_rate} Hz, {m.info.window_samples} samples, sha256={m.sha256[:12]}, "
                    "test inference ok")
     check_rates(*models)
-    if s.model.verifier:
-        from .verifier import Verifier
+    from .verifier import Verifier, check_usable, resolve
 
-        v = Verifier(s.model.verifier, s.model.threads)  # includes a test inference on silence and noise
-        v.check_rate(models[0].info.sample_rate)
-        out.append(f"verifier: {v.spec.tagger} mixed in at {v.spec.mix:g}, threshold {v.spec.threshold:.3f}, "
-                   f"tagger sha256={v.spec.tagger_sha256[:12]}, test inference ok")
+    chosen = resolve(s.model.verifier, models[0].info, scanning=s.onset.scan_ms > 0)
+    if chosen.folder is None:
+        out.append(chosen.why)
+        return out
+    v = Verifier(chosen.folder, s.model.threads)  # includes a test inference on silence and noise
+    check_usable(v, models[0].info, scanning=s.onset.scan_ms > 0, threshold_given=s.model.detector_threshold >= 0)
+    out.append(f"{chosen.why}: {v.spec.tagger} mixed in at {v.spec.mix:g}, threshold {v.spec.threshold:.3f}, "
+               f"tagger sha256={v.spec.tagger_sha256[:12]}, test inference ok")
     return out
 
 

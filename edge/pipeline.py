@@ -13,7 +13,7 @@ from .events import CoughEvent, ModelRef
 from .inference import Model
 from .onset import OnsetDetector, Sound
 from .scan import CoughScanner, Peak, ScanGrid
-from .verifier import Verifier
+from .verifier import Verifier, check_usable
 from .windows import cut_views, cut_window, view_offsets
 
 
@@ -63,7 +63,8 @@ class Pipeline:
                  start_utc: datetime | None = None, synced: bool | None = None, verifier: Verifier | None = None
                  ) -> None:
         """``verifier``: a second opinion mixed into each sound's score (:mod:`edge.verifier`); the threshold is then
-        the verifier's unless ``detector_threshold`` is given."""
+        the verifier's unless ``detector_threshold`` is given (without one, a verifier tuned with another cough
+        detector is refused)."""
         rates = {detector.info.sample_rate, classifier.info.sample_rate}
         if len(rates) != 1:
             raise ValueError(f"the cough detector and classifier disagree on sample rate: {sorted(rates)} Hz")
@@ -73,10 +74,8 @@ class Pipeline:
         if self.onset.sample_rate != self.sample_rate:
             raise ValueError(f"onset detector runs at {self.onset.sample_rate} Hz, models at {self.sample_rate} Hz")
         if verifier is not None:
-            verifier.check_rate(self.sample_rate)
-        if verifier is not None and self.onset.s.scan_ms:
-            raise ValueError("a verifier judges the energy gate's sounds; with scan_ms > 0 there are none "
-                             "(set scan_ms = 0 or leave the verifier out)")
+            check_usable(verifier, detector.info, scanning=self.onset.s.scan_ms > 0,
+                         threshold_given=detector_threshold is not None)
         self.verifier = verifier
         own = detector.info.threshold if verifier is None else verifier.spec.threshold
         self.detector_threshold = own if detector_threshold is None else detector_threshold

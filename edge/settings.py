@@ -43,9 +43,10 @@ class ModelSettings:
     detector_threshold: float = -1.0
     """Override the cough detector's threshold in [0, 1]; -1 = use the one in its metadata (with a verifier, the
     verifier's threshold of the mixed score)."""
-    verifier: str = ""
+    verifier: str = "auto"
     """Verifier folder (``edge.verifier``): a pretrained tagger's second opinion, mixed into the cough detector's
-    score of each sound; empty = none."""
+    score of each sound; ``auto`` = the shipped one where it was tuned with this detector (``edge.verifier.resolve``),
+    empty = none."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.threads <= 64:
@@ -91,3 +92,9 @@ class EdgeSettings:
     onset: OnsetSettings = field(default_factory=OnsetSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+
+    def __post_init__(self) -> None:
+        if self.onset.scan_ms > 0 and self.model.verifier not in ("", "auto"):
+            raise ValueError(f"[model] verifier = {self.model.verifier!r} judges the energy gate's sounds, and with "
+                             f"[onset] scan_ms = {self.onset.scan_ms:g} there are none (set scan_ms = 0, or verifier = "
+                             '"" or "auto", which runs without it while scanning)')

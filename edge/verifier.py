@@ -15,12 +15,15 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from .contract import ContractError
+from .contract import ContractError, ModelInfo
 
 SPEC_FILE = "verifier.json"
+AUTO = "auto"
+"""``[model] verifier = "auto"``: the shipped verifier, where it was tuned with the detector in use (:func:`resolve`)."""
 EMBEDDING = "embedding"
 FORMAT = 1
 """Version of ``verifier.json``'s layout."""
@@ -57,12 +60,16 @@ class VerifierSpec:
     """Weight of the probe's probability against the detector's score, in (0, 1]."""
     threshold: float
     """The threshold the mixed score is held to, in [0, 1]."""
+    tuned_for: str = ""
+    """The ``created`` stamp of the cough detector the threshold was chosen with (``trainer stream
+    --choose-detector-threshold --model-verifier``; a detector keeps its stamp when only its own threshold is
+    rewritten); empty until a sweep chose it."""
 
 
 def write_spec(folder: Path, spec: VerifierSpec) -> None:
     body = {"format": FORMAT, "tagger": spec.tagger, "tagger_sha256": spec.tagger_sha256, "labels": list(spec.labels),
             "positive_label": spec.positive_label, "sample_rate": spec.sample_rate, "mix": spec.mix,
-            "threshold": spec.threshold, "mean": spec.mean.tolist(), "scale": spec.scale.tolist(),
+            "threshold": spec.threshold, "tuned_for": spec.tuned_for, "mean": spec.mean.tolist(), "scale": spec.scale.tolist(),
             "weight": spec.weight.tolist(), "bias": spec.bias.tolist()}
     (folder / SPEC_FILE).write_text(json.dumps(body))
 
@@ -79,7 +86,8 @@ def read_spec(folder: Path) -> VerifierSpec:
         arrays = {k: np.asarray(body[k], dtype=np.float64) for k in ("mean", "scale", "weight", "bias")}
         spec = VerifierSpec(str(body["tagger"]), str(body["tagger_sha256"]), tuple(body["labels"]),
                             str(body["positive_label"]), int(body["sample_rate"]), arrays["mean"], arrays["scale"],
-                            arrays["weight"], arrays["bias"], float(body["mix"]), float(body["threshold"]))
+                            arrays["weight"], arrays["bias"], float(body["mix"]), float(body["threshold"]),
+                            str(body.get("tuned_for", "")))
     except ContractError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -177,3 +185,60 @@ class Verifier:
     def may_reach(self, detector_score: float, threshold: float) -> bool:
         """Whether any probe answer could lift ``detector_score`` to ``threshold`` (else the tagger need not run)."""
         return self.mixed(detector_score, 1.0) >= threshold
+
+
+def check_usable(verifier: Verifier, detector: ModelInfo, *, scanning: bool, threshold_given: bool) -> None:
+    """The one check of a verifier against the daemon it joins (the pipeline and `edge check` call it): the models'
+    rate; the energy gate (a scanning daemon has no gate sounds to judge); and, unless a threshold is given, the
+    cough detector its threshold was chosen with (ContractError or ValueError saying which)."""
+    verifier.check_rate(detector.sample_rate)
+    if scanning:
+        raise ValueError("a verifier judges the energy gate's sounds; with scan_ms > 0 there are none "
+                         "(set scan_ms = 0 or verifier = \"\")")
+    if not threshold_given:
+        check_tuned_for(verifier.spec, verifier.folder, detector)
+
+
+def check_tuned_for(spec: VerifierSpec, folder: Path, detector: ModelInfo) -> None:
+    """Refuse (ContractError) a verifier whose threshold was chosen with another cough detector: the mixed score's
+    threshold fits only the detector it was swept with."""
+    if spec.tuned_for and spec.tuned_for != detector.created:
+        raise ContractError(
+            f"verifier {folder}: its threshold {spec.threshold:.2f} was chosen with the cough detector created "
+            f"{spec.tuned_for}, and {detector.name} was created {detector.created}: choose it again for this detector "
+            f"(trainer stream --stream-split val --choose-detector-threshold --model-verifier {folder} "
+            "--model-detector FILE), give a detector threshold, or leave the verifier out (verifier = \"\")")
+
+
+class Resolved(NamedTuple):
+    folder: Path | None
+    """The verifier folder to load, or None."""
+    why: str
+    """One line for the log and `edge check`."""
+    set_aside: bool
+    """``auto`` found the shipped verifier but cannot use it (worth a warning)."""
+
+
+def resolve(setting: str, detector: ModelInfo, *, scanning: bool) -> Resolved:
+    """The verifier folder a setting names, or None, and a line saying why.
+
+    ``""``: none. A path: that folder. ``"auto"``: the shipped verifier (installed, else a checkout's) unless the
+    models carry none, the onset detector scans (a verifier judges the energy gate's sounds only), or its threshold
+    was chosen with another cough detector (a pushed or retrained one); each of those runs without it, and says so.
+    """
+    from .shipped import shipped_verifier
+
+    if setting != AUTO:
+        return Resolved(Path(setting), f"verifier {setting}", False) if setting else Resolved(
+            None, 'no verifier (verifier = "")', False)
+    folder = shipped_verifier()
+    if folder is None:
+        return Resolved(None, "no verifier: the models carry none (verifier = auto)", False)
+    if scanning:
+        return Resolved(None, f"no verifier: scan_ms > 0, and {folder} judges the energy gate's sounds only", True)
+    tuned_for = read_spec(folder).tuned_for
+    if tuned_for != detector.created:
+        return Resolved(None, f"no verifier: {folder} was tuned with the cough detector created {tuned_for or '(never)'}"
+                              f", {detector.name} was created {detector.created}; choose its threshold for this "
+                              f"detector (trainer stream --choose-detector-threshold --model-verifier {folder})", True)
+    return Resolved(folder, f"verifier {folder} (auto: the shipped one, tuned with this detector)", False)

@@ -74,7 +74,8 @@ def test_sdcard_on_an_image_writes_every_file_and_hooks_firstrun(tmp_path, secre
     part = ImagePartition(img)
     for name in ("coughwatch/deploy/install.sh", "coughwatch/deploy/firstboot.sh",
                  "coughwatch/systemd/coughwatch-edge.service", "coughwatch/models/cough-detector/student.int8.onnx",
-                 "coughwatch/models/covid-screen/student.int8.onnx"):
+                 "coughwatch/models/covid-screen/student.int8.onnx", "coughwatch/models/cough-verifier/verifier.json",
+                 "coughwatch/models/cough-verifier/yamnet.onnx", "coughwatch/models/cough-verifier/MODEL_CARD.md"):
         assert part.read(name) == (ROOT / name.split("/", 1)[1]).read_bytes(), name
     settings = part.read("coughwatch/settings.env").decode()
     assert "DEVICE_ID=kitchen" in settings and "MQTT_HOST=broker.lan" in settings and "MQTT_PORT=8883" in settings
@@ -150,6 +151,9 @@ def test_first_boot_in_a_target_root(tmp_path, secrets):
                             capture_output=True, text=True, timeout=900)
     assert stage2.returncode == 0, stage2.stdout + stage2.stderr
     assert (target / "opt/coughwatch/venv/bin/edge").is_file()
+    verifier = target / "var/lib/coughwatch/models/cough-verifier"
+    assert (verifier / "yamnet.onnx").read_bytes() == (ROOT / "models/cough-verifier/yamnet.onnx").read_bytes()
+    assert (verifier / "verifier.json").read_bytes() == (ROOT / "models/cough-verifier/verifier.json").read_bytes()
     conf = (target / "etc/coughwatch/edge.toml").read_text()
     assert 'id = "kitchen"' in conf and 'host = "broker.lan"' in conf and 'username = "pi"' in conf
     assert "port = 8883" in conf and "tls = true" in conf

@@ -70,7 +70,7 @@ def test_install_is_idempotent_and_uninstall_keeps_config(tmp_path):
     from edge.verifier import Verifier
 
     Verifier(root / "var/lib/coughwatch/models/cough-verifier")  # complete: it loads and runs
-    assert "verifier" not in conf, "installed, not turned on: [model] verifier does that"
+    assert "verifier" not in conf, "the default, verifier = auto, finds it where it was installed"
     assert (root / "etc/systemd/system/multi-user.target.wants/coughwatch-edge.service").is_symlink()
     assert (root / "opt/coughwatch/venv/bin/edge").is_file()
     assert "SystemMaxUse=50M" in (root / "etc/systemd/journald.conf.d/coughwatch.conf").read_text()

@@ -175,6 +175,41 @@ def test_model_push_refuses_a_failing_model_locally_and_rolls_back_remotely(tmp_
     assert current.read_bytes() == CLASSIFIER.read_bytes()
 
 
+def events_of(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_the_shipped_verifier_is_set_aside_for_another_detector_and_refused_when_named(tmp_path):
+    """``auto`` runs the shipped verifier only with the detector its threshold was chosen with: with another one
+    (a pushed or retrained detector: another ``created`` stamp) or while scanning, the daemon runs without it and
+    says so; a verifier named outright is refused instead, unless a detector threshold is given."""
+    shipped = ROOT / "models" / "cough-verifier"
+    other = with_metadata(DETECTOR, tmp_path / "retrained.onnx", created="2027-01-01T00:00:00+00:00")
+    alone = events_of(edge("run", "--source", str(DEMO), "--fast", "--model-verifier", "", cwd=tmp_path))
+    mixed = events_of(edge("run", "--source", str(DEMO), "--fast", cwd=tmp_path))
+    assert alone and mixed and [e["cough_score"] for e in mixed] != [e["cough_score"] for e in alone]
+    result = edge("run", "--source", str(DEMO), "--fast", "--model-detector", str(other), cwd=tmp_path)
+    assert result.returncode == 0 and "level=WARNING" in result.stderr and "no verifier: " in result.stderr
+    assert "created 2027-01-01T00:00:00+00:00" in result.stderr, result.stderr
+    assert [(e["onset_sample"], e["cough_score"]) for e in events_of(result)] == [
+        (e["onset_sample"], e["cough_score"]) for e in alone]
+    result = edge("check", "--skip-mic", "--model-detector", str(other), cwd=tmp_path)
+    assert result.returncode == 0 and "no verifier: " in result.stdout, result.stdout
+    for command in (["run", "--source", str(DEMO), "--fast"], ["check", "--skip-mic"]):
+        result = edge(*command, "--model-detector", str(other), "--model-verifier", str(shipped), cwd=tmp_path)
+        text = result.stderr if command[0] == "run" else result.stdout
+        assert result.returncode == (2 if command[0] == "run" else 1) and "Traceback" not in result.stderr, text
+        assert "was chosen with the cough detector created 2026-" in text and "choose it again" in text, text
+    result = edge("run", "--source", str(DEMO), "--fast", "--model-detector", str(other), "--model-verifier",
+                  str(shipped), "--model-detector-threshold", "0.39", cwd=tmp_path)
+    assert result.returncode == 0 and events_of(result), result.stderr
+    scanning = ["run", "--source", str(DEMO), "--fast", "--onset-scan-ms", "100"]
+    result = edge(*scanning, cwd=tmp_path)
+    assert result.returncode == 0 and "no verifier: scan_ms > 0" in result.stderr, result.stderr
+    result = edge(*scanning, "--model-verifier", str(shipped), cwd=tmp_path)
+    assert result.returncode == 2 and "judges the energy gate's sounds" in result.stderr, result.stderr
+
+
 def test_deploy_cli_reports_a_refused_model_without_a_traceback(tmp_path):
     failing = graph_model(tmp_path / "fails.onnx", "fails")
     result = subprocess.run([sys.executable, "-m", "deploy", "model", "push", str(failing), "--host",
@@ -186,8 +221,11 @@ def test_deploy_cli_reports_a_refused_model_without_a_traceback(tmp_path):
 
 def test_edge_run_and_check_hear_the_shipped_verifier_and_refuse_a_broken_one(tmp_path):
     shipped = ROOT / "models" / "cough-verifier"
+    result = edge("check", "--skip-mic", cwd=tmp_path)  # verifier = auto: the shipped one
+    assert result.returncode == 0 and "(auto: the shipped one, tuned with this detector): yamnet.onnx mixed in at " \
+        "0.3, threshold 0.390" in result.stdout, result.stdout
     result = edge("check", "--skip-mic", "--model-verifier", str(shipped), cwd=tmp_path)
-    assert result.returncode == 0 and "ok    models: verifier: yamnet.onnx mixed in at 0.3" in result.stdout, result.stdout
+    assert result.returncode == 0 and f"verifier {shipped}: yamnet.onnx mixed in at 0.3" in result.stdout, result.stdout
     result = edge("run", "--source", str(DEMO), "--fast", "--model-verifier", str(shipped), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

@@ -201,3 +201,40 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     capsys.readouterr()
     assert main([*args, "--stream-channel", "telephone"]) == 2, "the sample's manifest names no telephone recording"
     assert "no telephone cough recordings in the test split" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_verifier_sweep_records_its_detector_and_auto_sets_the_shipped_verifier_aside(run, tmp_path):
+    """`--choose-detector-threshold --model-verifier DIR` writes the mixed score's threshold and the detector it
+    was chosen with into the folder; the stream then runs with it, and ``auto`` (the shipped verifier, tuned with
+    the shipped detector) runs this run's detector alone and says why."""
+    import shutil
+
+    from conftest import ROOT
+    from edge.inference import Model
+    from edge.verifier import read_spec
+    from trainer.__main__ import main
+
+    model = str(run / "student.int8.onnx")
+    folder = tmp_path / "verifier"
+    shutil.copytree(ROOT / "models" / "cough-verifier", folder)
+    args = ["stream", "--model-detector", model, "--model-classifier", model,
+            "--stream-coughs", str(DATA / "covid-sample"), "--stream-sounds", str(DATA / "room-sample"),
+            "--stream-val-fraction", "0.25", "--stream-test-fraction", "0.25", "--stream-levels-db", "10,35",
+            "--stream-gap-min-s", "1", "--stream-gap-max-s", "2"]
+    assert main([*args, "--out", str(tmp_path / "alone")]) == 0
+    alone = json.loads((tmp_path / "alone" / "stream.json").read_text())
+    assert "tuned with the cough detector created" in alone["models"]["verifier"]["none"]
+    assert main([*args, "--model-verifier", str(folder), "--out", str(tmp_path / "refused")]) == 2, \
+        "its threshold was chosen with the shipped detector"
+    assert main([*args, "--stream-split", "val", "--choose-detector-threshold", "--stream-max-false-per-hour", "1e6",
+                 "--model-verifier", str(folder), "--out", str(tmp_path / "sweep")]) == 0
+    sweep = json.loads((tmp_path / "sweep" / "threshold-sweep.json").read_text())
+    spec = read_spec(folder)
+    assert spec.tuned_for == Model(model).info.created and spec.threshold == sweep["chosen"]["threshold"]
+    assert sweep["previous_threshold"] == read_spec(ROOT / "models" / "cough-verifier").threshold
+    assert main([*args, "--model-verifier", str(folder), "--out", str(tmp_path / "mixed")]) == 0
+    mixed = json.loads((tmp_path / "mixed" / "stream.json").read_text())
+    assert mixed["models"]["verifier"]["path"] == str(folder)
+    assert mixed["models"]["detector"]["threshold"] == spec.threshold
+    assert mixed["coughs"]["n"] == alone["coughs"]["n"], "the same stream"

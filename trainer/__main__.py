@@ -26,7 +26,7 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
         raise ValueError(f"--out {out} names a file; trainer stream --out names a folder (as every --out does)")
     if args.choose_detector_threshold:
         chosen = stream.choose_detector_threshold(cmd.stream, Path(m.detector), Path(m.classifier), cmd.onset,
-                                                  Path(m.verifier) if m.verifier else None)
+                                                  m.verifier)
         _report({**chosen, "command": command}, chosen["chosen"], out and out / "threshold-sweep.json")
         if out:
             stream.plot_sweep(chosen, out / "threshold-sweep.png")
@@ -38,7 +38,7 @@ def run_stream_command(args: argparse.Namespace, argv: list[str]) -> None:
     else:
         result = stream.run_stream(cmd.stream, Path(m.detector), Path(m.classifier), audio_out=args.audio,
                                    detector_threshold=None if m.detector_threshold == -1.0 else m.detector_threshold,
-                                   onset=cmd.onset, verifier=Path(m.verifier) if m.verifier else None)
+                                   onset=cmd.onset, verifier=m.verifier)
         result["command"] = command
         print("\n".join(stream.markdown(result)))
         if out:

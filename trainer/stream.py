@@ -25,6 +25,7 @@ import numpy as np
 
 from edge.onset import OnsetSettings
 from edge.settings import ModelSettings
+from edge.verifier import AUTO
 
 from . import data as D
 from .augment import band_limit
@@ -546,14 +547,17 @@ def onset_gate(truth: list[Placed], stream: np.ndarray, sample_rate: int, onset:
 
 def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out: Path | None = None,
                detector_threshold: float | None = None, onset: OnsetSettings | None = None,
-               verifier: Path | None = None) -> dict:
-    """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result."""
+               verifier: str = AUTO) -> dict:
+    """Build the stream, run the daemon's pipeline on it, score it: the benchmark's whole result. ``verifier`` is
+    the daemon's setting (``edge.verifier.resolve``: ``auto``, a folder, or empty)."""
     from edge.inference import Model
-    from edge.verifier import Verifier
+    from edge.verifier import Verifier, resolve
 
     s.validate()
     det, cls = Model(detector), Model(classifier)
-    ver = Verifier(verifier) if verifier else None
+    chosen = resolve(verifier, det.info, scanning=(onset or OnsetSettings()).scan_ms > 0)
+    log.info("%s", chosen.why)
+    ver = Verifier(chosen.folder) if chosen.folder else None
     coughs, sounds = _held_out_audio(s, det.info.sample_rate)
     rate = det.info.sample_rate
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
@@ -572,8 +576,8 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     own = det.info.threshold if ver is None else ver.spec.threshold
     threshold = own if detector_threshold is None else detector_threshold
     result["models"] = {"detector": {"path": str(detector), "threshold": threshold, "sha256": det.sha256},
-                        **({"verifier": {"path": str(verifier), "mix": ver.spec.mix, "tagger": ver.spec.tagger,
-                                         "tagger_sha256": ver.spec.tagger_sha256}} if ver else {}),
+                        "verifier": {"path": str(chosen.folder), "mix": ver.spec.mix, "tagger": ver.spec.tagger,
+                                     "tagger_sha256": ver.spec.tagger_sha256} if ver else {"none": chosen.why},
                         "classifier": {"path": str(classifier), "threshold": cls.info.threshold,
                                        "sha256": cls.sha256, "positive_label": cls.info.positive_label}}
     result["settings"] = asdict(s)
@@ -604,11 +608,12 @@ class Remembered:
 
 
 def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Path,
-                              onset: OnsetSettings | None = None, verifier: Path | None = None) -> dict:
+                              onset: OnsetSettings | None = None, verifier: str = "") -> dict:
     """Sweep the cough detector's threshold on a validation stream; keep the lowest one (the most sensitive)
     whose background events per hour stay within ``s.max_false_per_hour``, and write it into the file (with a
-    ``verifier``, the threshold of the mixed score, into the verifier's spec). The daemon's pipeline runs once per
-    threshold: which sounds merge into a cough depends on which were accepted."""
+    ``verifier`` folder, the threshold of the mixed score, into the verifier's spec, with the detector it was chosen
+    with; ``auto`` or empty sweeps the detector alone). The daemon's pipeline runs once per threshold: which sounds
+    merge into a cough depends on which were accepted."""
     from tqdm import tqdm
 
     from edge.inference import Model
@@ -624,7 +629,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     coughs, sounds = _held_out_audio(s, rate)
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     det, cls, table = Remembered(det), Remembered(Model(classifier)), []
-    ver = Remembered(Verifier(verifier)) if verifier else None
+    ver = Remembered(Verifier(verifier)) if verifier not in ("", AUTO) else None
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
         events, _ = run_daemon_pipeline(det, cls, stream, float(t), onset, verifier=ver)
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
@@ -642,7 +647,8 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         set_threshold(detector, best["threshold"])
     else:
         before, into = ver.spec.threshold, verifier
-        write_spec(verifier, replace(read_spec(verifier), threshold=best["threshold"]))
+        write_spec(Path(verifier), replace(read_spec(Path(verifier)), threshold=best["threshold"],
+                                           tuned_for=det.info.created))
     log.info("threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
              best["threshold"], into, best["sensitivity"], best["background_events_per_hour"])
     return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
