@@ -12,7 +12,8 @@ gate, its merge and yield rules), plus each peak of the scanned score (``edge.sc
   it), fitted on one half of the two validation streams and applied to the other (two folds split in time);
 - ``tagger`` (with ``--verifier``, a verifier folder: `trainer export-verifier`, ``edge.verifier``): the detector's
   score mixed with the tagger probe's cough probability on the same window, ``(1 - mix) * score + mix * probe``,
-  for each mix in :data:`MIXES` (the verifier's own mix is not used: this is where it is chosen).
+  for each mix in :data:`MIXES` (the verifier's own mix is not used: this is where it is chosen), and joined so that
+  both must agree (:data:`COMBINES`: their geometric mean, or the lower of the two).
 
 For each, the threshold is the most sensitive one within ``--max-false-per-hour`` background events an hour on the
 single-cough stream (swept over the candidates' own scores, so each rule gets its best case on this stream); the
@@ -50,8 +51,10 @@ APART_S = 0.6
 FEATURES = ("score", "from the gate", "scan max -0.3..+0.6 s", "scan mean -2..-0.6 s", "scan max -2..-0.6 s",
             "scan mean +0.8..+2.2 s", "scan max +0.8..+2.2 s", "loudness over the room", "room active -2..-0.2 s",
             "room active +0.3..+1.5 s", "rise over the 0.6 s before", "share of scan over 0.5 -0.3..+0.6 s")
-MIXES = (0.3, 0.5)
-"""Weights of the verifier's probability tried."""
+MIXES = (0.3, 0.5, 1.0)
+"""Weights of the verifier's probability tried (1.0: the probe alone, on the detector's candidates)."""
+COMBINES = {"geometric mean": lambda d, p: np.sqrt(d * p), "both (the lower)": np.minimum}
+"""Other ways to join the detector's score and the probe's probability: each asks both to agree."""
 FRAME = 160
 """Samples in a 10 ms frame at 16 kHz."""
 
@@ -204,6 +207,9 @@ def main() -> None:
             mixed = [(1 - w) * st.scores + w * t for st, t in zip((single, bouts), tagger)]
             rules[f"tagger {w:g} (gate)"] = [np.where(st.from_gate, m, 0.0) for st, m in zip((single, bouts), mixed)]
             rules[f"tagger {w:g}, gate and scan"] = mixed
+        for name, combine in COMBINES.items():
+            both = [combine(st.scores, t) for st, t in zip((single, bouts), tagger)]
+            rules[f"tagger, {name} (gate)"] = [np.where(st.from_gate, m, 0.0) for st, m in zip((single, bouts), both)]
     print(f"{single.onsets.size} and {bouts.onsets.size} candidates; {labels(single).sum()} and {labels(bouts).sum()} "
           "of them at a placed cough\n")
     print("| rule | background events/h at most | single coughs: sensitivity | at 15 dB or more | events per detected "

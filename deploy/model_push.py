@@ -84,4 +84,7 @@ def push_model(runner: Runner, model: Path, *, role: str = "classifier", models_
         raise DeployError(f"the new model failed `edge check`, rolled back to the previous one:\n"
                           f"{(checked.stdout + checked.stderr).strip()}")
     print(f"deploy model push: {model.name} ({sha[:12]}) is now the {role} at {dest}")
+    for line in checked.stdout.splitlines():  # e.g. a new detector the shipped verifier was not tuned with
+        if "no verifier:" in line:
+            print(f"deploy model push: note: {line.split('no verifier:', 1)[1].strip()} (the detector runs alone)")
     return sha

@@ -175,6 +175,27 @@ def test_model_push_refuses_a_failing_model_locally_and_rolls_back_remotely(tmp_
     assert current.read_bytes() == CLASSIFIER.read_bytes()
 
 
+def test_model_push_says_when_a_new_detector_runs_without_the_shipped_verifier(tmp_path, capsys):
+    from conftest import LocalRunner
+    from deploy.model_push import push_model
+
+    models = tmp_path / "models"
+    for name, src in (("cough-detector", DETECTOR), ("covid-screen", CLASSIFIER)):
+        (models / name).mkdir(parents=True)
+        shutil.copy(src, models / name / "student.int8.onnx")
+    (tmp_path / "empty.toml").write_text("")
+    check = (f"{sys.executable} -m edge check --skip-mic --config {tmp_path}/empty.toml "
+             f"--model-detector {models}/cough-detector/student.int8.onnx "
+             f"--model-classifier {models}/covid-screen/student.int8.onnx")
+    push_model(LocalRunner(), DETECTOR, role="detector", models_dir=str(models), restart="true", check=check)
+    assert "note:" not in capsys.readouterr().out, "the shipped detector: the shipped verifier is tuned with it"
+    retrained = with_metadata(DETECTOR, tmp_path / "retrained.onnx", created="2027-01-01T00:00:00+00:00")
+    push_model(LocalRunner(), retrained, role="detector", models_dir=str(models), restart="true", check=check)
+    out = capsys.readouterr().out
+    assert "is now the detector" in out and "note: " in out and "created 2027-01-01T00:00:00+00:00" in out, out
+    assert "(the detector runs alone)" in out
+
+
 def events_of(result) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 

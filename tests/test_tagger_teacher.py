@@ -302,6 +302,9 @@ def test_verifier_is_the_probe_teacher_in_numpy_and_mixes_into_the_detectors_sco
     assert v.mixed(0.5, 0.5) == pytest.approx(0.5) and v.may_reach(0.29, 0.5) and not v.may_reach(0.28, 0.5)
     spec = read_spec(verifier_folder)
     assert (spec.mix, spec.threshold, spec.tagger, spec.labels) == (0.3, 0.5, "tiny.onnx", ("cough", "not_cough"))
+    assert spec.tuned_for == "", "no detector yet: the sweep records the one its threshold is chosen with"
+    card = (verifier_folder / "MODEL_CARD.md").read_text()
+    assert "not a diagnosis" in card and "`(1 - 0.3) * detector + 0.3 * probe`" in card and "verifier = auto" in card
 
 
 def test_a_bad_verifier_folder_is_refused_with_what_is_wrong(verifier_folder, tagger, tmp_path):

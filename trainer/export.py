@@ -236,7 +236,10 @@ def export_verifier(teacher: Path, out: Path, *, mix: float, threshold: float, s
 
 
 def verifier_card(teacher: Path, source: str, spec) -> str:
-    """The verifier folder's model card: what it is, where its parts come from, how it is used."""
+    """The verifier folder's model card: what it is, where its parts come from (each data set with its licence),
+    how the daemon uses it."""
+    from .report import data_attribution
+
     settings = teacher.parent / "settings.json"
     data = json.loads(settings.read_text()).get("data", {}).get("manifest", "") if settings.is_file() else ""
     return "\n".join([
@@ -245,9 +248,15 @@ def verifier_card(teacher: Path, source: str, spec) -> str:
         f"- Tagger: `{spec.tagger}` (sha256 `{spec.tagger_sha256}`), from `{source}`, used frozen; its provenance and "
         "licence are in `TAGGER.md`.",
         f"- Probe: logistic regression on the mean and maximum of the tagger's `embedding` over the window, fitted "
-        f"on the training windows of the run whose teacher is `{teacher}`" + (f" (data: `{data}`)." if data else "."),
+        f"on the training windows of the run whose teacher is `{teacher}`" + (", from:" if data else "."),
+        *(f"  {line}" for line in data_attribution(data)),
         f"- Labels: {', '.join(spec.labels)}; the daemon mixes the probe's probability of `{spec.positive_label}` into "
         f"the cough detector's score: `(1 - {spec.mix:g}) * detector + {spec.mix:g} * probe`.",
         "- The threshold of that mixed score is in `verifier.json`, chosen on a validation stream with `trainer stream "
-        "--stream-split val --choose-detector-threshold --model-verifier <this folder>`.",
-        "- Use: `edge run --model-verifier <this folder>` (README, \"A second opinion from the pretrained tagger\").", ""])
+        "--stream-split val --choose-detector-threshold --model-verifier <this folder> --model-detector FILE`, which "
+        "also records the detector it was chosen with (`tuned_for`, that detector's `created` stamp).",
+        "- Use: installed as `cough-verifier` beside the models, the daemon uses it by default (`[model] verifier = "
+        "auto`) with the detector it was tuned with, and runs that detector alone otherwise; `--model-verifier <this "
+        "folder>` names it (README, \"A second opinion from the pretrained tagger\").",
+        "- Figures on the live-stream benchmark, when measured: `stream.md` (`trainer stream --config "
+        "bench/stream-negatives.toml --out <this folder>`) and `threshold-sweep.png`.", ""])
