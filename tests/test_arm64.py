@@ -1,5 +1,6 @@
 """Proof on 64-bit ARM: the edge package under qemu-aarch64 (Cortex-A72, a Raspberry Pi 4) with an arm64
-Python 3.11 from Debian bookworm publishes the same events as on x86-64 to a real mosquitto.
+Python 3.11 from Debian bookworm publishes the same events as on x86-64 to a real mosquitto (the daemon as
+shipped: both models and the verifier).
 
 The emulated environment is built by tests/arm64/setup.sh (cached in .cache/arm64); it needs
 qemu-user-static, Debian's arm64 packages and PyPI's aarch64 wheels.
@@ -18,6 +19,11 @@ import pytest
 from conftest import DEMO, ROOT
 
 pytestmark = pytest.mark.slow
+
+COUGH_SCORE_TOLERANCE = 0.02
+"""|cough_score| difference allowed between the architectures. The models' own outputs agree to 1e-4 (measured:
+0); the verifier's tagger (YAMNet) does not quite: its embedding differs between onnxruntime's aarch64 and x86-64
+kernels, and the mixed score of the demo's events by up to 8e-3 (measured; the test prints it)."""
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +76,9 @@ def test_arm64_publishes_the_same_events_as_x86(arm_python, broker, tmp_path):
         assert a["device_id"] == "arm64" and b["device_id"] == "x86"
         assert a["onset_sample"] == b["onset_sample"] and a["duration_s"] == b["duration_s"]
         assert a["label"] == b["label"] and a["model"] == b["model"] and a["detector"] == b["detector"]
-        assert abs(a["cough_score"] - b["cough_score"]) <= 1e-4
+        assert abs(a["cough_score"] - b["cough_score"]) <= COUGH_SCORE_TOLERANCE, (a["cough_score"], b["cough_score"])
         for label, p in b["probabilities"].items():
             assert abs(a["probabilities"][label] - p) <= 1e-4, (label, a["probabilities"], b["probabilities"])
     worst = max(abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in zip(arm, x86) for k in b["probabilities"])
-    print(f"\narm64 vs x86-64: {len(arm)} events, same onsets, max |dp| = {worst:.2e}")
+    score = max(abs(a["cough_score"] - b["cough_score"]) for a, b in zip(arm, x86))
+    print(f"\narm64 vs x86-64: {len(arm)} events, same onsets, max |dp| = {worst:.2e}, max |d cough_score| = {score:.2e}")
