@@ -238,3 +238,5 @@ def test_a_verifier_sweep_records_its_detector_and_auto_sets_the_shipped_verifie
     assert mixed["models"]["verifier"]["path"] == str(folder)
     assert mixed["models"]["detector"]["threshold"] == spec.threshold
     assert mixed["coughs"]["n"] == alone["coughs"]["n"], "the same stream"
+    assert "with the verifier" in (tmp_path / "mixed" / "stream.md").read_text()
+    assert "alone, threshold" in (tmp_path / "alone" / "stream.md").read_text()

@@ -800,10 +800,26 @@ def _auc_cell(figures: dict) -> str:
 
 def markdown(result: dict) -> list[str]:
     """The benchmark as README/report lines: detection, the room's false events, the onset gate, the classifier."""
-    return [*_detection_lines(result), *_background_lines(result), *_gate_lines(result),
+    return [*_daemon_lines(result), *_detection_lines(result), *_background_lines(result), *_gate_lines(result),
             *_clip_level_lines(result), *_classifier_lines(result),
             f"Stream: {result['duration_s'] / 60:.1f} min; pipeline real-time factor in-process "
             f"{result['real_time_factor']:.4f} (this machine, one process)."]
+
+
+def _daemon_lines(result: dict) -> list[str]:
+    """Which daemon the stream heard: the cough detector alone, or with a verifier, at which threshold."""
+    models = result.get("models", {})
+    det, ver = models.get("detector", {}), models.get("verifier")
+    if not det:
+        return []
+    def shown(path: str) -> str:  # relative to the working folder where it lies inside it
+        return str(Path(path).relative_to(Path.cwd())) if Path(path).is_relative_to(Path.cwd()) else path
+
+    if ver and "path" in ver:
+        return [f"Daemon: the cough detector `{shown(det['path'])}` with the verifier `{shown(ver['path'])}` (the probe on "
+                f"`{ver['tagger']}` mixed in at {ver['mix']:g}), threshold {det['threshold']:g} on the mixed score.", ""]
+    why = f" ({ver['none']})" if ver and "none" in ver else ""
+    return [f"Daemon: the cough detector `{shown(det['path'])}` alone, threshold {det['threshold']:g}{why}.", ""]
 
 
 def _detection_lines(result: dict) -> list[str]:
