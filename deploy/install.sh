@@ -135,6 +135,9 @@ install_models() {
 install_verifier() {  # the verifier folder, when the models carry one (edge.shipped.VERIFIER_FILES); used by default ([model] verifier = "auto")
   local src="$1" f
   [ -f "$src/verifier.json" ] || return 0
+  if [ -f "$STATE_DIR/models/cough-verifier/verifier.json" ] && [ "$MODE" != "upgrade" ]; then
+    return 0  # one retuned for a pushed detector is not overwritten by a plain re-run, as the models are not
+  fi
   for f in "$src"/verifier.json "$src"/*.onnx "$src"/*.md; do
     [ -f "$f" ] || continue
     install_file "$f" "$STATE_DIR/models/cough-verifier/$(basename "$f")" 0644

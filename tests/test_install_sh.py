@@ -147,3 +147,20 @@ def test_a_dotted_host_name_becomes_its_first_label_as_device_id(tmp_path, monke
     with pytest.raises(config.ConfigError, match="id = 'pi\\+4' must be 1..64 ASCII letters"):
         install_config.write(tmp_path / "edge.toml", "", MqttSettings(host="broker.lan"))
     assert load_config(tmp_path / "edge.toml").device.id == "kitchen"  # the old file is left as it was
+
+
+def test_a_plain_rerun_keeps_a_pushed_detector_and_its_retuned_verifier(tmp_path):
+    """`deploy model push` replaces a model, and a verifier retuned for it is copied in by hand: re-running
+    install.sh (without --upgrade) must leave both, or the verifier would fall back to the shipped one's threshold
+    and `auto` would set it aside."""
+    root = tmp_path / "root"
+    fake_venv(root)
+    install(root, "--device-id", "kitchen")
+    models = root / "var/lib/coughwatch/models"
+    pushed, retuned = models / "cough-detector/student.int8.onnx", models / "cough-verifier/verifier.json"
+    pushed.write_bytes(b"pushed later")
+    retuned.write_bytes(retuned.read_bytes().replace(b'"threshold": 0.39', b'"threshold": 0.41'))
+    kept = (pushed.read_bytes(), retuned.read_bytes())
+    install(root, "--device-id", "kitchen")
+    assert (pushed.read_bytes(), retuned.read_bytes()) == kept
+    assert b'"threshold": 0.41' in kept[1]
