@@ -14,6 +14,7 @@ from .audio import MicSettings
 from .mqtt import MqttSettings
 from .onset import OnsetSettings
 from .shipped import default_model
+from .verifier import AUTO
 
 MAX_DEVICE_ID = 64
 """Longest device id, in characters (it is part of topics and of the MQTT client id)."""
@@ -43,7 +44,7 @@ class ModelSettings:
     detector_threshold: float = -1.0
     """Override the cough detector's threshold in [0, 1]; -1 = use the one in its metadata (with a verifier, the
     verifier's threshold of the mixed score)."""
-    verifier: str = "auto"
+    verifier: str = AUTO
     """Verifier folder (``edge.verifier``): a pretrained tagger's second opinion, mixed into the cough detector's
     score of each sound; ``auto`` = the shipped one where it was tuned with this detector (``edge.verifier.resolve``),
     empty = none."""
@@ -94,7 +95,7 @@ class EdgeSettings:
     mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     def __post_init__(self) -> None:
-        if self.onset.scan_ms > 0 and self.model.verifier not in ("", "auto"):
+        if self.onset.scan_ms > 0 and self.model.verifier not in ("", AUTO):
             raise ValueError(f"[model] verifier = {self.model.verifier!r} judges the energy gate's sounds, and with "
                              f"[onset] scan_ms = {self.onset.scan_ms:g} there are none (set scan_ms = 0, or verifier = "
                              '"" or "auto", which runs without it while scanning)')
