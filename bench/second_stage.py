@@ -51,7 +51,7 @@ APART_S = 0.6
 FEATURES = ("score", "from the gate", "scan max -0.3..+0.6 s", "scan mean -2..-0.6 s", "scan max -2..-0.6 s",
             "scan mean +0.8..+2.2 s", "scan max +0.8..+2.2 s", "loudness over the room", "room active -2..-0.2 s",
             "room active +0.3..+1.5 s", "rise over the 0.6 s before", "share of scan over 0.5 -0.3..+0.6 s")
-MIXES = (0.3, 0.5, 1.0)
+MIXES = (0.2, 0.3, 0.4, 0.5, 1.0)
 """Weights of the verifier's probability tried (1.0: the probe alone, on the detector's candidates)."""
 COMBINES = {"geometric mean": lambda d, p: np.sqrt(d * p), "both (the lower)": np.minimum}
 """Other ways to join the detector's score and the probe's probability: each asks both to agree."""
