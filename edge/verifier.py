@@ -69,8 +69,8 @@ class VerifierSpec:
 def write_spec(folder: Path, spec: VerifierSpec) -> None:
     body = {"format": FORMAT, "tagger": spec.tagger, "tagger_sha256": spec.tagger_sha256, "labels": list(spec.labels),
             "positive_label": spec.positive_label, "sample_rate": spec.sample_rate, "mix": spec.mix,
-            "threshold": spec.threshold, "tuned_for": spec.tuned_for, "mean": spec.mean.tolist(), "scale": spec.scale.tolist(),
-            "weight": spec.weight.tolist(), "bias": spec.bias.tolist()}
+            "threshold": spec.threshold, "tuned_for": spec.tuned_for, "mean": spec.mean.tolist(),
+            "scale": spec.scale.tolist(), "weight": spec.weight.tolist(), "bias": spec.bias.tolist()}
     (folder / SPEC_FILE).write_text(json.dumps(body))
 
 

@@ -20,10 +20,11 @@ from conftest import DEMO, ROOT
 
 pytestmark = pytest.mark.slow
 
-COUGH_SCORE_TOLERANCE = 0.02
+SCORE_TOLERANCE = {"shipped": 0.02, "alone": 1e-4}
 """|cough_score| difference allowed between the architectures. The models' own outputs agree to 1e-4 (measured:
-0); the verifier's tagger (YAMNet) does not quite: its embedding differs between onnxruntime's aarch64 and x86-64
-kernels, and the mixed score of the demo's events by up to 8e-3 (measured; the test prints it)."""
+0), so the detector alone is held to that; the verifier's tagger (YAMNet) does not quite: its embedding differs
+between onnxruntime's aarch64 and x86-64 kernels, and the mixed score of the demo's events by up to 8e-3 (measured;
+the test prints it)."""
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +54,20 @@ def collect(port: int, expected: int, run) -> list[dict]:
     return sorted(got, key=lambda e: e["onset_sample"])
 
 
-def edge_cmd(python: list[str], port: int, device: str, tmp_path) -> list[str]:
+def edge_cmd(python: list[str], port: int, device: str, tmp_path, extra: list[str]) -> list[str]:
     return [*python, "-m", "edge", "run", "--source", str(DEMO), "--fast", "--device-id", device, "--mqtt-host",
-            "127.0.0.1", "--mqtt-port", str(port), "--device-outbox", str(tmp_path / f"{device}.sqlite")]
+            "127.0.0.1", "--mqtt-port", str(port), "--device-outbox", str(tmp_path / f"{device}.sqlite"), *extra]
 
 
-def test_arm64_publishes_the_same_events_as_x86(arm_python, broker, tmp_path):
+@pytest.mark.parametrize("daemon, extra", [("shipped", []), ("alone", ["--model-verifier", ""])])
+def test_arm64_publishes_the_same_events_as_x86(arm_python, broker, tmp_path, daemon, extra):
     machine = subprocess.run([arm_python, "-c", "import platform, onnxruntime; print(platform.machine())"],
                              capture_output=True, text=True, timeout=300)
     assert machine.stdout.strip() == "aarch64", machine.stderr
 
     def run(python, device):
-        result = subprocess.run(edge_cmd(python, broker.port, device, tmp_path), capture_output=True, text=True,
-                                timeout=600, cwd=ROOT)
+        result = subprocess.run(edge_cmd(python, broker.port, device, tmp_path, extra), capture_output=True,
+                                text=True, timeout=600, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stderr.count("msg=event id=")
 
@@ -76,9 +78,10 @@ def test_arm64_publishes_the_same_events_as_x86(arm_python, broker, tmp_path):
         assert a["device_id"] == "arm64" and b["device_id"] == "x86"
         assert a["onset_sample"] == b["onset_sample"] and a["duration_s"] == b["duration_s"]
         assert a["label"] == b["label"] and a["model"] == b["model"] and a["detector"] == b["detector"]
-        assert abs(a["cough_score"] - b["cough_score"]) <= COUGH_SCORE_TOLERANCE, (a["cough_score"], b["cough_score"])
+        assert abs(a["cough_score"] - b["cough_score"]) <= SCORE_TOLERANCE[daemon], (a["cough_score"], b["cough_score"])
         for label, p in b["probabilities"].items():
             assert abs(a["probabilities"][label] - p) <= 1e-4, (label, a["probabilities"], b["probabilities"])
     worst = max(abs(a["probabilities"][k] - b["probabilities"][k]) for a, b in zip(arm, x86) for k in b["probabilities"])
     score = max(abs(a["cough_score"] - b["cough_score"]) for a, b in zip(arm, x86))
-    print(f"\narm64 vs x86-64: {len(arm)} events, same onsets, max |dp| = {worst:.2e}, max |d cough_score| = {score:.2e}")
+    print(f"\narm64 vs x86-64 ({daemon}): {len(arm)} events, same onsets, max |dp| = {worst:.2e}, "
+          f"max |d cough_score| = {score:.2e}")
