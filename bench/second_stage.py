@@ -19,7 +19,8 @@ For each, the threshold is the most sensitive one within ``--max-false-per-hour`
 single-cough stream (swept over the candidates' own scores, so each rule gets its best case on this stream); the
 stream with half the coughs in bouts is scored at it.
 
-    python bench/second_stage.py --verifier models/cough-verifier
+    python bench/second_stage.py --verifier models/cough-verifier [any --stream-* flag of `trainer stream`, e.g.
+        --stream-room-share 0.9; the split is always val]
 
 A research aid, not part of the daemon: it reads the streams the way `trainer stream --stream-split val` builds them.
 """
@@ -194,8 +195,9 @@ def main() -> None:
     ap.add_argument("--detector", type=Path, default=Path("models/cough-detector/student.int8.onnx"))
     ap.add_argument("--config", default="bench/stream-negatives.toml")
     ap.add_argument("--verifier", type=Path, default=None, help="a verifier folder (trainer export-verifier)")
+    config.add_arguments(ap, StreamCommand, only=("stream",))
     args = ap.parse_args()
-    cmd = config.build(StreamCommand, file=args.config)
+    cmd = config.build(StreamCommand, file=args.config, args=args)
     det, cls = Model(args.detector), Model(cmd.model.classifier)
     single, bouts = build(cmd, det, cls, 0.0), build(cmd, det, cls, 0.5)
     rules = {"detector (gate)": [np.where(st.from_gate, st.scores, 0.0) for st in (single, bouts)],

@@ -165,7 +165,7 @@ def test_stream_builder_places_sounds_at_known_times_and_levels_deterministicall
     np.testing.assert_array_equal(stream, again)
     assert truth == truth2
     assert sum(p.kind == "cough" for p in truth) == 6 and any(p.kind == "sound" for p in truth)
-    assert not {str(c.path) for c in room} & {p.path for p in truth}, "the room never holds a placed recording"
+    assert not {str(c.path) for c in room.clips} & {p.path for p in truth}, "the room never holds a placed recording"
     for p in truth:
         assert p.level_db in (20.0, 30.0) and p.end > p.onset
         measured = loudest_frame_db(stream[p.onset: p.end], RATE) - s.room_dbfs
@@ -235,7 +235,8 @@ def test_stream_room_keeps_to_its_labels_and_sounds_are_named_by_their_class_col
         clip.extra["sound_hint"] = "hum" if clip.label == "vowel" else ""
     s = _stream_settings(room_labels="breathing", sound_class_by="sound_hint", room_share=0.9)
     _, truth, room = build_stream(coughs, sounds, s, RATE, "source")
-    assert room and {c.label for c in room} == {"breathing"}
+    assert room.clips and {c.label for c in room.clips} == {"breathing"}
+    assert {p.clip.label for p in room.pieces} == {"breathing"}
     placed = {p.cls for p in truth if p.kind == "sound"}
     assert "vowel" not in placed and placed <= {"hum", "counting", "breathing"}, "an empty class column falls back"
     assert "hum" in placed and "counting" in placed
@@ -319,6 +320,51 @@ def test_background_events_are_split_by_whether_the_room_passed_the_telephone_ba
     assert m["background_away_from_coughs_per_hour"] == pytest.approx(1 / ((3600 - 4) / 3600)), \
         "a bout's widened spans overlap: 9-13 s is 4 s, not 3 + 2.5"
     assert m["background_by_band"]["telephone"]["hours"] == pytest.approx(4 / 3600)
+
+
+def test_background_events_far_from_coughs_are_told_by_the_room_speaker_heard_there():
+    from trainer.context import RoomPiece
+    from trainer.data import Clip
+    from trainer.stream import Placed, StreamEvent, markdown, score_stream
+
+    r = RATE
+    speaker = {g: Clip(Path(f"{g}.flac"), "breathing", g) for g in ("loud", "calm")}
+    # the room: loud 0-600 s, calm 600-3000 s, loud again 3000-3600 s (each piece owns the room to the next start)
+    room = [RoomPiece(speaker["loud"], 0, 0, 600 * r), RoomPiece(speaker["calm"], 5, 600 * r - 320, 2400 * r),
+            RoomPiece(speaker["loud"], 0, 3000 * r - 320, 600 * r)]
+    truth = [Placed("cough", "positive", "app", "a", 20.0, 100 * r, 101 * r)]
+    events = [StreamEvent(101 * r + r // 2, 0.9, 0.5),          # next to the cough: not counted for the room
+              StreamEvent(200 * r, 0.9, 0.5), StreamEvent(300 * r, 0.9, 0.5), StreamEvent(3100 * r, 0.9, 0.5),
+              StreamEvent(1000 * r, 0.9, 0.5)]
+    m = score_stream(truth, events, 3600 * r, r, room=room)
+    by = m["background_by_room"]
+    loud_s = 600 - 320 / r - 3 + 600 + 320 / r  # the cough's span widened by 1 s is in the loud speaker's room
+    assert by["groups"]["loud"]["events"] == 3 and by["groups"]["calm"]["events"] == 1
+    assert by["groups"]["loud"]["minutes"] == pytest.approx(loud_s / 60)
+    assert by["groups"]["calm"]["per_hour"] == pytest.approx(1 / (2400 / 3600))
+    assert by["per_hour"] == pytest.approx(m["background_away_from_coughs_per_hour"]), "the same rate, told apart"
+    lo, hi = by["ci95"]
+    assert lo == pytest.approx(1.5) and hi == pytest.approx(3 / (loud_s / 3600)), \
+        "two speakers: a resample of calm alone or loud alone bounds the rate"
+    text = "\n".join(markdown({**m, "real_time_factor": 0.01}))
+    assert "by the room's speaker (group) heard there: loud 9.0 (3 in 19.9 min), calm 1.5 (1 in 40.0 min)" in text
+    assert "Over the room's 2 speakers, 4.0 an hour [1.5, 9.0]" in text
+
+
+def test_room_pieces_tile_the_room_and_laying_them_is_drawing_them():
+    from trainer.context import make_room, room_pieces
+
+    room = _clips(DATA / "room-sample")
+    n = 40 * RATE
+    drawn = make_room(room, n, np.random.default_rng(3), RATE)
+    rng = np.random.default_rng(3)
+    pieces = room_pieces(room, n, rng, RATE)
+    np.testing.assert_array_equal(make_room(room, n, rng, RATE, pieces=pieces), drawn)
+    assert pieces[0].start == 0 and pieces[-1].start + pieces[-1].length >= n
+    fade = round(0.02 * RATE)
+    for a, b in zip(pieces, pieces[1:]):
+        assert b.start == a.start + a.length - fade, "each piece cross-fades into the next"
+    assert all(p.offset + p.length <= p.clip.audio.size for p in pieces)
 
 
 def test_a_non_16k_setting_reaches_the_front_end_and_the_exported_metadata(tmp_path):

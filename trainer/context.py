@@ -104,29 +104,56 @@ def seeded_rng(seed: int, *parts: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def make_room(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: int, *,
-              exclude_group: str = "") -> np.ndarray:
-    """``n`` samples of room at RMS 1: random stretches of ``pool`` recordings, cross-faded, plus a noise floor."""
+@dataclass(frozen=True)
+class RoomPiece:
+    """One stretch of a room: ``length`` samples of ``clip`` from its sample ``offset``, laid from room sample
+    ``start`` (cross-faded into its neighbours over ``FADE_S``)."""
+
+    clip: Clip
+    offset: int
+    start: int
+    length: int
+
+    @property
+    def group(self) -> str:
+        """The recording's group (its speaker, for Coswara): the unit the room's recordings are chosen by."""
+        return self.clip.group or self.clip.sha256
+
+
+def room_pieces(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: int, *,
+                exclude_group: str = "") -> list[RoomPiece]:
+    """The recordings, and which stretch of each, that fill ``n`` samples of room, drawn from ``pool``."""
     candidates = [c for c in pool if (c.group or c.sha256) != exclude_group] or pool
     if not candidates:
         raise ManifestError("context needs room audio: no background recordings in this split "
                             "(give --data-background, or use --data-pad zero|wrap)")
     fade = max(1, round(FADE_S * sample_rate))
+    pieces, pos = [], 0
+    while pos < n:
+        clip = candidates[int(rng.integers(len(candidates)))]
+        offset = int(rng.integers(0, max(1, clip.audio.size - sample_rate)))
+        length = min(clip.audio.size - offset, max(n - pos + fade, 4 * fade))
+        if length <= 2 * fade:
+            continue  # a recording shorter than two fades adds nothing
+        pieces.append(RoomPiece(clip, offset, pos, length))
+        pos += length - fade
+    return pieces
+
+
+def make_room(pool: list[Clip], n: int, rng: np.random.Generator, sample_rate: int, *,
+              exclude_group: str = "", pieces: list[RoomPiece] | None = None) -> np.ndarray:
+    """``n`` samples of room at RMS 1: random stretches of ``pool`` recordings, cross-faded, plus a noise floor.
+    ``pieces``: lay these (:func:`room_pieces`, drawn from the same ``rng`` just before) instead of drawing them."""
+    if pieces is None:
+        pieces = room_pieces(pool, n, rng, sample_rate, exclude_group=exclude_group)
+    fade = max(1, round(FADE_S * sample_rate))
     ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
     room = np.zeros(n + 4 * fade, dtype=np.float32)
-    pos = 0
-    while pos < n:
-        audio = candidates[int(rng.integers(len(candidates)))].audio
-        offset = int(rng.integers(0, max(1, audio.size - sample_rate)))
-        piece = audio[offset: offset + max(n - pos + fade, 4 * fade)].astype(np.float32)
-        if piece.size <= 2 * fade:
-            continue  # a recording shorter than two fades adds nothing
-        piece = unit_rms(piece)
+    for p in pieces:
+        piece = unit_rms(p.clip.audio[p.offset: p.offset + p.length].astype(np.float32))
         piece[:fade] *= ramp
         piece[-fade:] *= ramp[::-1]
-        take = min(piece.size, room.size - pos)
-        room[pos: pos + take] += piece[:take]
-        pos += take - fade
+        room[p.start: p.start + p.length] += piece
     room = room[:n]
     room += rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (-NOISE_BELOW_ROOM_DB / 20))
     return unit_rms(room)

@@ -53,9 +53,22 @@ def cluster_share_ci(hits: list[bool], clusters: list[str], n: int = 1000, seed:
     for hit, c in zip(hits, clusters):
         trials[index[c]] += 1
         wins[index[c]] += hit
-    draws = np.random.default_rng(seed).integers(0, len(keys), (n, len(keys)))
-    shares = wins[draws].sum(1) / trials[draws].sum(1)
-    return [float(np.percentile(shares, 2.5)), float(np.percentile(shares, 97.5))]
+    return cluster_ratio_ci(wins, trials, n, seed)
+
+
+def cluster_ratio_ci(counts: np.ndarray, exposure: np.ndarray, n: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile 95% interval of ``sum(counts) / sum(exposure)`` over clusters (one entry of each per cluster, e.g.
+    events and hours of each speaker in a room): each resample draws whole clusters; draws with no exposure are
+    skipped."""
+    counts, exposure = np.asarray(counts, dtype=float), np.asarray(exposure, dtype=float)
+    if not counts.size:
+        return None
+    draws = np.random.default_rng(seed).integers(0, counts.size, (n, counts.size))
+    total = exposure[draws].sum(1)
+    ratios = counts[draws].sum(1)[total > 0] / total[total > 0]
+    if not ratios.size:
+        return None
+    return [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))]
 
 
 def bootstrap_auc_ci(is_positive: np.ndarray, scores: np.ndarray, n: int, seed: int) -> list[float] | None:

@@ -29,8 +29,8 @@ from edge.verifier import AUTO
 
 from . import data as D
 from .augment import band_limit
-from .context import (FADE_S, FRAME_S, ContextSettings, SceneMaker, frame_energy_db, is_telephone, loudest_frame_db,
-                      make_room, seeded_rng)
+from .context import (FADE_S, FRAME_S, ContextSettings, RoomPiece, SceneMaker, frame_energy_db, is_telephone,
+                      loudest_frame_db, make_room, room_pieces, seeded_rng)
 
 log = logging.getLogger(__name__)
 TOLERANCE_BEFORE_S = 0.3
@@ -194,6 +194,16 @@ def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
 
 
 @dataclass
+class Room:
+    """What a stream's room is made of."""
+
+    clips: list[D.Clip]
+    """The recordings it draws on (their groups are never placed as sounds)."""
+    pieces: list[RoomPiece]
+    """The stretches of them it holds, in order (:func:`trainer.context.room_pieces`)."""
+
+
+@dataclass
 class Item:
     clip: D.Clip
     kind: str
@@ -213,8 +223,8 @@ def held_out(manifests: str, labels: str, s: StreamSettings, sample_rate: int, e
 
 
 def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, sample_rate: int,
-                 group_by: str = "") -> tuple[np.ndarray, list[Placed], list[D.Clip]]:
-    """The stream, its truth, and the recordings its room is made of (deterministic by ``s.seed``)."""
+                 group_by: str = "") -> tuple[np.ndarray, list[Placed], Room]:
+    """The stream, its truth, and what its room is made of (deterministic by ``s.seed``)."""
     rng = seeded_rng(s.seed, "stream", s.split)
     room_labels = {x for x in s.room_labels.split(",") if x}
     may_be_room = [c for c in sounds if not room_labels or c.label in room_labels]
@@ -245,14 +255,15 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
                             item.follows))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
-    stream = make_room(room, n, rng, sample_rate)
+    pieces = room_pieces(room, n, rng, sample_rate)
+    stream = make_room(room, n, rng, sample_rate, pieces=pieces)
     _telephone_segments(stream, truth, sample_rate)
     stream *= np.float32(10 ** (s.room_dbfs / 20))
     for (start, audio), p in zip(excerpts, truth):
         audio = _faded(audio.astype(np.float32), sample_rate)
         gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
         stream[start: start + audio.size] += audio * np.float32(gain)
-    return np.clip(stream, -1.0, 1.0), truth, room
+    return np.clip(stream, -1.0, 1.0), truth, Room(room, pieces)
 
 
 def _into_bouts(items: list[Item], share: float, rng: np.random.Generator) -> list[Item]:
@@ -350,8 +361,9 @@ def match_events(truth: list[Placed], onsets: list[int], sample_rate: int) -> li
 
 def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int, sample_rate: int, *,
                  class_labels: tuple[str, ...] = (), positive_label: str = "",
-                 levels: list[float] | None = None) -> dict:
-    """Detection and classification figures of ``events`` against the placed ``truth`` (pure)."""
+                 levels: list[float] | None = None, room: list[RoomPiece] | None = None) -> dict:
+    """Detection and classification figures of ``events`` against the placed ``truth`` (pure); with the ``room``'s
+    pieces, the background events far from coughs by the room's group (speaker) too."""
     hits = match_events(truth, [e.onset for e in events], sample_rate)
     matched = np.zeros(len(events), dtype=bool)
     for idx in hits:
@@ -379,6 +391,8 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         "background_by_band": _background_by_band(truth, background, n_samples, sample_rate),
         "onset_error_ms": {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95))} if errors else None,
     }
+    if room:
+        out["background_by_room"] = _background_by_room(truth, background, room, n_samples, sample_rate)
     if positive_label:
         labelled = [(p, h) for p, h in coughs if p.cls in class_labels]
         out["classifier_on_events"] = _event_auc(labelled, events, positive_label)
@@ -398,12 +412,56 @@ def _background_near_coughs(truth: list[Placed], onsets: list[int], n_samples: i
     """Background events within ``NEXT_TO_S`` of a placed cough's span (a window cut at a room sound there holds
     the cough off its place, so a detector that answers for any cough in its window fires on it), and the rate of
     the others per hour of the stream farther from every cough."""
-    reach = round(NEXT_TO_S * sample_rate)
-    spans = [(max(0, p.onset - reach), min(n_samples, p.end + reach)) for p in truth if p.kind == "cough"]
+    spans = _cough_reach(truth, n_samples, sample_rate)
     near = _within(onsets, spans)
     hours = (n_samples - _covered(spans)) / sample_rate / 3600
     return {"background_next_to_coughs": near,
             "background_away_from_coughs_per_hour": (len(onsets) - near) / hours if hours > 0 else None}
+
+
+def _cough_reach(truth: list[Placed], n_samples: int, sample_rate: int) -> list[tuple[int, int]]:
+    """Each placed cough's span widened by ``NEXT_TO_S`` either side: where a background event is next to a cough."""
+    reach = round(NEXT_TO_S * sample_rate)
+    return [(max(0, p.onset - reach), min(n_samples, p.end + reach)) for p in truth if p.kind == "cough"]
+
+
+def room_false_alarms(truth: list[Placed], onsets: list[int], room: list[RoomPiece], n_samples: int,
+                      sample_rate: int) -> list[tuple[int, int]]:
+    """Of the background event ``onsets``, those farther than ``NEXT_TO_S`` from every placed cough (the room's own
+    false alarms), each with the index of the ``room`` piece heard where it starts (each piece owns the room from
+    its start to the next piece's)."""
+    near = _cough_reach(truth, n_samples, sample_rate)
+    starts = np.array([p.start for p in room], dtype=np.int64)
+    return [(x, int(np.searchsorted(starts, x, side="right")) - 1) for x in onsets if not _within([x], near)]
+
+
+def _background_by_room(truth: list[Placed], onsets: list[int], room: list[RoomPiece], n_samples: int,
+                        sample_rate: int) -> dict:
+    """The room's own false alarms (:func:`room_false_alarms`) by the room group (speaker) heard there, over that
+    group's share of the stream farther from every cough; and their rate per hour with a bootstrap 95% interval over
+    the room's groups (the room repeats a few speakers' recordings, so one speaker's habits can make most of it)."""
+    from .metrics import cluster_ratio_ci
+
+    near = _cough_reach(truth, n_samples, sample_rate)
+    groups = sorted({p.group for p in room})
+    index = [groups.index(p.group) for p in room]
+    events, seconds = np.zeros(len(groups)), np.zeros(len(groups))
+    ends = [p.start for p in room[1:]] + [n_samples]
+    for k, (piece, hi) in enumerate(zip(room, ends)):
+        hi = min(hi, n_samples)
+        if hi > piece.start:
+            seconds[index[k]] += (hi - piece.start - _overlap(piece.start, hi, near)) / sample_rate
+    for _, k in room_false_alarms(truth, onsets, room, n_samples, sample_rate):
+        events[index[k]] += 1
+    rate = events.sum() / seconds.sum() * 3600 if seconds.sum() > 0 else None
+    return {"per_hour": rate, "ci95": cluster_ratio_ci(events, seconds / 3600),
+            "groups": {g: {"events": int(e), "minutes": s / 60, "per_hour": e / s * 3600 if s > 0 else None}
+                       for g, e, s in zip(groups, events, seconds)}}
+
+
+def _overlap(lo: int, hi: int, spans: list[tuple[int, int]]) -> int:
+    """Samples of ``[lo, hi)`` inside the union of ``spans``."""
+    return _covered([(max(lo, a), min(hi, b)) for a, b in spans if a < hi and b > lo])
 
 
 def _within(onsets: list[int], spans: list[tuple[int, int]]) -> int:
@@ -568,10 +626,10 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     events, seconds = run_daemon_pipeline(det, cls, stream, detector_threshold, onset, verifier=ver)
     best, _ = placed_scores(det, cls, stream, truth, onset, ver)
     result = score_stream(truth, events, stream.size, rate, class_labels=cls.info.labels,
-                          positive_label=cls.info.positive_label, levels=s.levels)
+                          positive_label=cls.info.positive_label, levels=s.levels, room=room.pieces)
     result["onset_gate"] = onset_gate(truth, stream, rate, onset, s.levels)
     result["detector_clip_level"] = detector_clip_level(truth, best)
-    result["classifier_clip_level"] = clip_level(cls, coughs, room, s, s.group_by)
+    result["classifier_clip_level"] = clip_level(cls, coughs, room.clips, s, s.group_by)
     result["real_time_factor"] = seconds / (stream.size / rate)
     own = det.info.threshold if ver is None else ver.spec.threshold
     threshold = own if detector_threshold is None else detector_threshold
@@ -794,6 +852,10 @@ def _ci(interval) -> str:
     return "" if not interval else f" [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
+def _rate_ci(interval) -> str:
+    return "" if not interval else f" [{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
 def _auc_cell(figures: dict) -> str:
     return _pct(figures.get("roc_auc")) + _ci(figures.get("roc_auc_ci95"))
 
@@ -862,7 +924,18 @@ def _background_lines(result: dict) -> list[str]:
                   f"around each telephone "
                   f"recording, {band['telephone']['hours'] * 60:.1f} min): {band['telephone']['per_hour']:.1f}; "
                   f"elsewhere ({band['wideband']['hours'] * 60:.1f} min): {band['wideband']['per_hour']:.1f}.", ""]
-    return lines
+    return lines + _room_lines(result.get("background_by_room"))
+
+
+def _room_lines(by_room: dict | None) -> list[str]:
+    if not by_room or by_room["per_hour"] is None:
+        return []
+    groups = sorted(by_room["groups"].items(), key=lambda kv: -(kv[1]["per_hour"] or 0))
+    each = ", ".join(f"{g[:8]} {_per_hour(v['per_hour'])} ({v['events']} in {v['minutes']:.1f} min)" for g, v in groups)
+    return [f"Background events farther than {NEXT_TO_S:g} s from every cough, by the room's speaker (group) heard "
+            f"there: {each}. Over the room's {len(groups)} speakers, {_per_hour(by_room['per_hour'])} an hour"
+            f"{_rate_ci(by_room['ci95'])} (bootstrap over speakers: the room repeats a few speakers' recordings, so "
+            "one speaker's habits can make most of the rate).", ""]
 
 
 def _gate_lines(result: dict) -> list[str]:
