@@ -27,7 +27,7 @@ from edge import config  # noqa: E402
 from edge.inference import Model  # noqa: E402
 from edge.verifier import Verifier, resolve  # noqa: E402
 from trainer.stream import (StreamCommand, _held_out_audio, build_stream, match_events,  # noqa: E402
-                            room_false_alarms, run_daemon_pipeline)
+                            room_false_alarms, room_repetition, run_daemon_pipeline)
 from trainer.tagger import OnnxTagger  # noqa: E402
 
 BEFORE_S = 0.25
@@ -81,17 +81,16 @@ SAME_SPOT_S = 0.2
 
 
 def _repetition(room, n_samples: int, rate: int, alarms: list) -> str:
-    """How often the room repeats itself, and how many distinct spots of its recordings the alarms come from: the
-    room draws stretches of a few recordings again and again, so one spot that fires fires each time it recurs."""
-    used = {id(p.clip): p.clip for p in room.pieces}
-    distinct_s = sum(c.audio.size for c in used.values()) / rate
+    """How often the room repeats itself (``trainer.stream.room_repetition``), and how many distinct spots of its
+    recordings the alarms come from."""
+    rep = room_repetition(room.pieces, n_samples, rate)
     seconds: dict = {}
     for piece, onset in alarms:
         seconds.setdefault(str(piece.clip.path), []).append((piece.offset + onset - piece.start) / rate)
     spots = sum(1 + int(np.sum(np.diff(sorted(x)) > SAME_SPOT_S)) for x in seconds.values())
-    return (f"room: {len(used)} recordings, {distinct_s / 60:.1f} min of distinct audio in {n_samples / rate / 60:.1f} "
-            f"min of stream (each heard {n_samples / rate / distinct_s:.1f} times on average); the {len(alarms)} "
-            f"alarms come from {spots} distinct spots of {len(seconds)} recordings")
+    return (f"room: {rep['recordings']} recordings, {rep['distinct_minutes']:.1f} min of distinct audio in "
+            f"{n_samples / rate / 60:.1f} min of stream (each heard {rep['times_heard']:.1f} times on average); the "
+            f"{len(alarms)} alarms come from {spots} distinct spots of {len(seconds)} recordings")
 
 
 def _background_onsets(truth, events, rate: int) -> list[int]:

@@ -328,7 +328,8 @@ def test_background_events_far_from_coughs_are_told_by_the_room_speaker_heard_th
     from trainer.stream import Placed, StreamEvent, markdown, score_stream
 
     r = RATE
-    speaker = {g: Clip(Path(f"{g}.flac"), "breathing", g) for g in ("loud", "calm")}
+    speaker = {g: Clip(Path(f"{g}.flac"), "breathing", g, audio=np.broadcast_to(np.float32(0), (n * 60 * r,)))
+               for g, n in (("loud", 10), ("calm", 50))}
     # the room: loud 0-600 s, calm 600-3000 s, loud again 3000-3600 s (each piece owns the room to the next start)
     room = [RoomPiece(speaker["loud"], 0, 0, 600 * r), RoomPiece(speaker["calm"], 5, 600 * r - 320, 2400 * r),
             RoomPiece(speaker["loud"], 0, 3000 * r - 320, 600 * r)]
@@ -348,7 +349,12 @@ def test_background_events_far_from_coughs_are_told_by_the_room_speaker_heard_th
         "two speakers: a resample of calm alone or loud alone bounds the rate"
     text = "\n".join(markdown({**m, "real_time_factor": 0.01}))
     assert "by the room's speaker (group) heard there: loud 9.0 (3 in 19.9 min), calm 1.5 (1 in 40.0 min)" in text
-    assert "Over the room's 2 speakers, 4.0 an hour [1.5, 9.0]" in text
+    assert "Over the room's 2 speakers, 4.0 an hour [1.5, 9.0] (bootstrap over speakers)" in text
+    assert by["repetition"] == {"speakers": 2, "recordings": 2, "distinct_minutes": 60.0, "times_heard": 1.0}
+    assert "The room plays 2 recordings, 60.0 min of distinct audio, 1.0 times over" in text
+    twice = [RoomPiece(speaker["loud"], 0, 0, 600 * r), RoomPiece(speaker["loud"], 0, 600 * r - 320, 600 * r)]
+    assert score_stream(truth, events, 1200 * r, r, room=twice)["background_by_room"]["repetition"] == \
+        {"speakers": 1, "recordings": 1, "distinct_minutes": 10.0, "times_heard": 2.0}, "one recording played twice"
 
 
 def test_room_pieces_tile_the_room_and_laying_them_is_drawing_them():

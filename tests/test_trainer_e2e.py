@@ -233,6 +233,8 @@ def test_a_verifier_sweep_records_its_detector_and_auto_sets_the_shipped_verifie
     spec = read_spec(folder)
     assert spec.tuned_for == Model(model).info.created and spec.threshold == sweep["chosen"]["threshold"]
     assert sweep["previous_threshold"] == read_spec(ROOT / "models" / "cough-verifier").threshold
+    room = sweep["room"]
+    assert 1 <= room["speakers"] <= room["recordings"] and room["times_heard"] > 1, "what the chosen rate rests on"
     assert main([*args, "--model-verifier", str(folder), "--out", str(tmp_path / "mixed")]) == 0
     mixed = json.loads((tmp_path / "mixed" / "stream.json").read_text())
     assert mixed["models"]["verifier"]["path"] == str(folder)

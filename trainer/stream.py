@@ -50,6 +50,8 @@ BOUT_PAUSE_S = (0.1, 0.3)
 """Range of the pause, in seconds, between the end of a bout's cough and the onset of the next (an inhalation)."""
 NEXT_TO_S = 1.0
 """A background event this close to a placed cough's span, in seconds, is counted as next to it."""
+FEW_ROOM_SPEAKERS = 10
+"""A threshold sweep whose validation room holds fewer speakers than this says that its background rate is rough."""
 
 
 CHANNELS = ("all", "wideband", "telephone")
@@ -456,7 +458,18 @@ def _background_by_room(truth: list[Placed], onsets: list[int], room: list[RoomP
     rate = events.sum() / seconds.sum() * 3600 if seconds.sum() > 0 else None
     return {"per_hour": rate, "ci95": cluster_ratio_ci(events, seconds / 3600),
             "groups": {g: {"events": int(e), "minutes": s / 60, "per_hour": e / s * 3600 if s > 0 else None}
-                       for g, e, s in zip(groups, events, seconds)}}
+                       for g, e, s in zip(groups, events, seconds)},
+            "repetition": room_repetition(room, n_samples, sample_rate)}
+
+
+def room_repetition(room: list[RoomPiece], n_samples: int, sample_rate: int) -> dict:
+    """How much distinct audio the room holds: its speakers (groups), recordings, their length in minutes (all of
+    each recording it draws on), and how many times over the stream plays that much room. A room of a few short recordings replays
+    each spot many times, and a spot that raises an event raises one each time it recurs."""
+    used = {str(p.clip.path): p.clip.audio.size for p in room}
+    distinct_s = sum(used.values()) / sample_rate
+    return {"speakers": len({p.group for p in room}), "recordings": len(used), "distinct_minutes": distinct_s / 60,
+            "times_heard": n_samples / sample_rate / distinct_s if distinct_s else None}
 
 
 def _overlap(lo: int, hi: int, spans: list[tuple[int, int]]) -> int:
@@ -685,7 +698,13 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
     det = Model(detector)
     rate = det.info.sample_rate
     coughs, sounds = _held_out_audio(s, rate)
-    stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
+    stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
+    basis = room_repetition(room.pieces, stream.size, rate)
+    if basis["speakers"] < FEW_ROOM_SPEAKERS:
+        log.warning("the validation room holds %d speakers (%d recordings, %.1f min of distinct audio played %.1f times "
+                    "over): a few speakers' habits make most of its background rate, so the threshold chosen on it is "
+                    "rough (--stream-room-share puts more of them in the room)", basis["speakers"], basis["recordings"],
+                    basis["distinct_minutes"], basis["times_heard"])
     det, cls, table = Remembered(det), Remembered(Model(classifier)), []
     ver = Remembered(Verifier(verifier)) if verifier not in ("", AUTO) else None
     for t in tqdm(np.round(np.arange(0.05, 1.0, 0.02), 2), desc="threshold sweep", unit="threshold"):
@@ -709,7 +728,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
                                            tuned_for=det.info.created))
     log.info("threshold %.2f written into %s: validation sensitivity %.3f, %.1f background events/h",
              best["threshold"], into, best["sensitivity"], best["background_events_per_hour"])
-    return {"chosen": best, "previous_threshold": before, "sweep": table, "settings": asdict(s)}
+    return {"chosen": best, "previous_threshold": before, "sweep": table, "room": basis, "settings": asdict(s)}
 
 
 def placed_scores(det, cls, stream: np.ndarray, truth: list[Placed], onset: OnsetSettings | None, verifier=None
@@ -932,10 +951,12 @@ def _room_lines(by_room: dict | None) -> list[str]:
         return []
     groups = sorted(by_room["groups"].items(), key=lambda kv: -(kv[1]["per_hour"] or 0))
     each = ", ".join(f"{g[:8]} {_per_hour(v['per_hour'])} ({v['events']} in {v['minutes']:.1f} min)" for g, v in groups)
+    rep = by_room["repetition"]
     return [f"Background events farther than {NEXT_TO_S:g} s from every cough, by the room's speaker (group) heard "
             f"there: {each}. Over the room's {len(groups)} speakers, {_per_hour(by_room['per_hour'])} an hour"
-            f"{_rate_ci(by_room['ci95'])} (bootstrap over speakers: the room repeats a few speakers' recordings, so "
-            "one speaker's habits can make most of the rate).", ""]
+            f"{_rate_ci(by_room['ci95'])} (bootstrap over speakers). The room plays {rep['recordings']} recordings, "
+            f"{rep['distinct_minutes']:.1f} min of distinct audio, {rep['times_heard']:.1f} times over: a spot that "
+            "raises an event raises one each time it recurs, so a few speakers' habits can make most of the rate.", ""]
 
 
 def _gate_lines(result: dict) -> list[str]:
