@@ -329,7 +329,7 @@ def test_background_events_far_from_coughs_are_told_by_the_room_speaker_heard_th
 
     r = RATE
     speaker = {g: Clip(Path(f"{g}.flac"), "breathing", g, audio=np.broadcast_to(np.float32(0), (n * 60 * r,)))
-               for g, n in (("loud", 10), ("calm", 50))}
+               for g, n in (("loud", 10), ("calm", 50), ("klettres-data/fr", 1), ("klettres-data/de", 1))}
     # the room: loud 0-600 s, calm 600-3000 s, loud again 3000-3600 s (each piece owns the room to the next start)
     room = [RoomPiece(speaker["loud"], 0, 0, 600 * r), RoomPiece(speaker["calm"], 5, 600 * r - 320, 2400 * r),
             RoomPiece(speaker["loud"], 0, 3000 * r - 320, 600 * r)]
@@ -350,6 +350,11 @@ def test_background_events_far_from_coughs_are_told_by_the_room_speaker_heard_th
     text = "\n".join(markdown({**m, "real_time_factor": 0.01}))
     assert "by the room's speaker (group) heard there: loud 9.0 (3 in 19.9 min), calm 1.5 (1 in 40.0 min)" in text
     assert "Over the room's 2 speakers, 4.0 an hour [1.5, 9.0] (bootstrap over speakers)" in text
+    clash = [RoomPiece(speaker["klettres-data/fr"], 0, 0, 60 * r), RoomPiece(speaker["klettres-data/de"], 0, 60 * r - 320,
+                                                                              60 * r)]
+    clashing = "\n".join(markdown({**score_stream([], [StreamEvent(30 * r, 0.9, 0.5)], 120 * r, r, room=clash),
+                                    "real_time_factor": 0.01}))
+    assert "klettres-data/fr 60.0 (1 in 1.0 min), klettres-data/de 0.0" in clashing, "groups alike in 8 characters in full"
     assert by["repetition"] == {"speakers": 2, "recordings": 2, "distinct_minutes": 60.0, "times_heard": 1.0}
     assert "The room plays 2 recordings, 60.0 min of distinct audio, 1.0 times over" in text
     twice = [RoomPiece(speaker["loud"], 0, 0, 600 * r), RoomPiece(speaker["loud"], 0, 600 * r - 320, 600 * r)]

@@ -95,8 +95,9 @@ class StreamSettings:
     """Also place this many synthetic sounds of each kind (white-noise bursts, claps, square-wave tones;
     ``trainer.synthetic``), never part of the room."""
     room_labels: str = ""
-    """Labels of ``sounds`` rows the room may be made of, comma-separated (empty = any): e.g. speech and breathing
-    only, while effects and laughter are placed as sounds."""
+    """Classes of ``sounds`` rows the room may be made of, comma-separated (empty = any): each row's class is its
+    ``sound_class_by`` column, its label where that is empty (as the report names placed sounds). E.g. speech and
+    breathing only, while effects and laughter are placed as sounds."""
     bout_share: float = 0.0
     """Share of the placed coughs that follow another as the next cough of a bout: right after its leader (a cough
     of the same channel placed on its own), after a pause drawn in ``BOUT_PAUSE_S``, at the leader's level."""
@@ -229,7 +230,7 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     """The stream, its truth, and what its room is made of (deterministic by ``s.seed``)."""
     rng = seeded_rng(s.seed, "stream", s.split)
     room_labels = {x for x in s.room_labels.split(",") if x}
-    may_be_room = [c for c in sounds if not room_labels or c.label in room_labels]
+    may_be_room = [c for c in sounds if not room_labels or _class_of(Item(c, "sound"), s.sound_class_by) in room_labels]
     groups = sorted({c.group or c.sha256 for c in may_be_room})
     room_groups = {g for g in groups if seeded_rng(s.seed, "room", g).random() < s.room_share}
     room = [c for c in may_be_room if (c.group or c.sha256) in room_groups]
@@ -950,7 +951,9 @@ def _room_lines(by_room: dict | None) -> list[str]:
     if not by_room or by_room["per_hour"] is None:
         return []
     groups = sorted(by_room["groups"].items(), key=lambda kv: -(kv[1]["per_hour"] or 0))
-    each = ", ".join(f"{g[:8]} {_per_hour(v['per_hour'])} ({v['events']} in {v['minutes']:.1f} min)" for g, v in groups)
+    short = [g[:8] for g, _ in groups]  # a group's first 8 characters, or all of it where those are not its own
+    each = ", ".join(f"{g[:8] if short.count(g[:8]) == 1 else g} {_per_hour(v['per_hour'])} ({v['events']} in "
+                     f"{v['minutes']:.1f} min)" for g, v in groups)
     rep = by_room["repetition"]
     return [f"Background events farther than {NEXT_TO_S:g} s from every cough, by the room's speaker (group) heard "
             f"there: {each}. Over the room's {len(groups)} speakers, {_per_hour(by_room['per_hour'])} an hour"
