@@ -147,13 +147,30 @@ def add_negatives(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of that draw")
 
 
+def add_mine(sub) -> None:
+    from .mine import MineCommand
+
+    p = sub.add_parser("mine", help="the daemon's false alarms on a training-split stream, as hard negatives",
+                       description="Build the benchmark's stream from the TRAINING split of the --stream-* manifests "
+                                   "(whatever --stream-split says), run edge's Pipeline on it with the --model-* "
+                                   "files, and write each event farther than 1 s from every placed cough (the room's "
+                                   "own false alarms, and those on placed non-cough sounds; each spot once, those a "
+                                   "tagger calls a cough left out) as a recording: OUT/audio/, OUT/manifest.csv "
+                                   "(label --mine-label), mined.json and MINED.md. Append the manifest to trainer "
+                                   "distill --data.")
+    p.add_argument("--config", type=Path, help="TOML file with [stream], [model], [onset] and [mine]")
+    config.add_arguments(p, MineCommand)
+    p.add_argument("--out", type=Path, required=True, help="folder to write audio/, manifest.csv, mined.json and "
+                                                           "MINED.md into")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description="Distil a wav2vec2 teacher into a tiny ONNX student.")
     logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("distill", help="fine-tune a teacher, distil a student, evaluate, export, report")
     add_arguments(p)
-    for add in (add_evaluate, add_export, add_export_verifier, add_benchmark, add_stream, add_negatives):
+    for add in (add_evaluate, add_export, add_export_verifier, add_benchmark, add_stream, add_negatives, add_mine):
         add(sub)
     return parser
 
@@ -198,6 +215,13 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> None:
         from .benchmark import run_benchmark
 
         run_benchmark(args.run, repeats=args.repeats, include_base=not args.skip_base)
+    elif args.command == "mine":
+        from .mine import MineCommand, run_mine
+
+        cmd = config.build(MineCommand, file=args.config, args=args)
+        summary = run_mine(cmd, args.out, command="trainer " + shlex.join(argv))
+        print((args.out / "MINED.md").read_text())
+        print({k: summary[k] for k in ("false_alarms", "distinct_spots", "suspect_coughs", "kept")})
     elif args.command == "negatives":
         negatives.run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
                       allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,

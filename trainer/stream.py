@@ -111,15 +111,17 @@ class StreamSettings:
     max_false_per_hour: float = 10.0
     """With ``--choose-detector-threshold``: the most background events per hour the chosen threshold may raise."""
 
-    def validate(self) -> "StreamSettings":
+    def validate(self, splits: tuple[str, ...] = ("test", "val")) -> "StreamSettings":
+        """The settings, checked; ``splits``: the splits a stream may be made of (`trainer mine` alone takes
+        ``train``)."""
         if not math.isfinite(self.max_false_per_hour) or self.max_false_per_hour < 0:
             raise ValueError(f"stream.max_false_per_hour = {self.max_false_per_hour} must be a finite number >= 0")
         if not self.coughs:
             raise ValueError("stream.coughs is required (--stream-coughs MANIFEST)")
         if not self.sounds:
             raise ValueError("stream.sounds is required (--stream-sounds MANIFEST): the room is made of them")
-        if self.split not in ("test", "val"):
-            raise ValueError(f"stream.split = {self.split!r} must be test or val")
+        if self.split not in splits:
+            raise ValueError(f"stream.split = {self.split!r} must be {' or '.join(splits)}")
         if not 0 < self.gap_min_s <= self.gap_max_s:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
         if not 0 <= self.synthetic_per_kind <= 10_000:
