@@ -97,6 +97,8 @@ def test_mine_writes_the_training_splits_false_alarms_as_a_manifest_distill_read
     rows = list(csv.DictReader(open(tmp_path / "all" / "manifest.csv")))
     assert len(rows) == summary["kept"] and {r["label"] for r in rows} == {"mined"}
     assert {r["source"] for r in rows} == {"mined"} and {r["origin"] for r in rows} <= {"room", "sound"}
+    assert {r["licence"] for r in rows} == {"unknown"}, "the samples' manifests state none, and their paths name no " \
+                                                        "known corpus"
     assert all(split_of(r["group"], val=0.25, test=0.25, seed=0) == "train" for r in rows), \
         "each stays in the training split by the group it came from"
     clips = load_audio(load_manifest(tmp_path / "all"), RATE, min_samples=RATE // 4, progress=False)

@@ -213,12 +213,20 @@ def _write_audio(out: Path, spots: list[Alarm], excerpts: list[np.ndarray], tagg
         sf.write(str(out / name), x, rate, subtype="PCM_16")
         hint = a.clip.extra.get("sound_hint") or a.clip.label
         rows.append({"path": name, "label": m.label, "group": a.clip.group or a.clip.sha256, "source": "mined",
-                     "sound_hint": hint, "origin": a.origin, "licence": a.clip.extra.get("licence", ""),
+                     "sound_hint": hint, "origin": a.origin, "licence": _licence(a.clip),
                      "original_path": os.path.relpath(a.clip.path), "second": f"{a.second:.3f}",
                      "stream_onset_s": f"{a.onset / rate:.3f}", "cough_score": f"{a.cough_score:.3f}",
                      "tagger_score": "" if score is None else f"{score:.3f}", "duration_s": f"{x.size / rate:.3f}",
                      "sample_rate": rate})
     return rows, suspect
+
+
+def _licence(clip: D.Clip) -> str:
+    """The recording's licence: its manifest's ``licence`` column, else that of the known corpus its path names."""
+    from .report import KNOWN_LICENCES
+
+    given = clip.extra.get("licence", "")
+    return given or next((lic for key, lic in KNOWN_LICENCES.items() if key in str(clip.path)), "unknown")
 
 
 def _write_manifest(out: Path, rows: list[dict]) -> None:
@@ -250,5 +258,4 @@ def _markdown(summary: dict) -> str:
         "By sound (the recording's `sound_hint`, else its label): "
         + ", ".join(f"{k} {v}" for k, v in summary["by_sound"].items()), "",
         "Every recording is a negative from the training split, in the group of the recording it came from (a "
-        "research data set for screening models, not a diagnosis); its licence is that recording's "
-        "(`licence`; Coswara's: CC BY 4.0).", ""])
+        "research data set for screening models, not a diagnosis); its licence is that recording's (`licence`).", ""])

@@ -12,6 +12,8 @@ KNOWN_DATA = {
     "coswara": "Coswara 2020-04-13 (github.com/iiscleap/Coswara-Data), CC BY 4.0. Attribution: \"Coswara — A Database "
                "of Breathing, Cough, and Voice Sounds for COVID-19 Diagnosis\", Sharma et al., Interspeech 2020.",
 }
+KNOWN_LICENCES = {"covid19-cough": "CC0-1.0", "coswara": "CC-BY-4.0"}
+"""The licence of each corpus in ``KNOWN_DATA``, as a manifest's ``licence`` column names it."""
 TAGGERS = {"yamnet": "YAMNet (tensorflow/models research/audioset/yamnet, AudioSet, 521 classes), Copyright The "
                      "TensorFlow Authors, Apache License 2.0; converted to ONNX (format conversion only)."}
 SCENES = {"context": "in a room of other recordings of its own split (never its own group), its loudest 10 ms "
