@@ -13,7 +13,10 @@ gate, its merge and yield rules), plus each peak of the scanned score (``edge.sc
 - ``tagger`` (with ``--verifier``, a verifier folder: `trainer export-verifier`, ``edge.verifier``): the detector's
   score mixed with the tagger probe's cough probability on the same window, ``(1 - mix) * score + mix * probe``,
   for each mix in :data:`MIXES` (the verifier's own mix is not used: this is where it is chosen), and joined so that
-  both must agree (:data:`COMBINES`: their geometric mean, or the lower of the two).
+  both must agree (:data:`COMBINES`: their geometric mean, or the lower of the two);
+- ``tagger's Cough score`` (with ``--tagger-cough``, e.g. ``../shared/teachers/yamnet/yamnet.onnx``): the tagger's own
+  ``Cough`` class score, fitted on nothing here, mixed into the detector's score for each weight in
+  :data:`TAGGER_COUGH_MIXES`, alone and beside the probe at 0.3.
 
 For each, the threshold is the most sensitive one within ``--max-false-per-hour`` background events an hour on the
 single-cough stream (swept over the candidates' own scores, so each rule gets its best case on this stream); the
@@ -54,6 +57,8 @@ FEATURES = ("score", "from the gate", "scan max -0.3..+0.6 s", "scan mean -2..-0
             "room active +0.3..+1.5 s", "rise over the 0.6 s before", "share of scan over 0.5 -0.3..+0.6 s")
 MIXES = (0.2, 0.3, 0.4, 0.5, 1.0)
 """Weights of the verifier's probability tried (1.0: the probe alone, on the detector's candidates)."""
+TAGGER_COUGH_MIXES = (0.1, 0.2, 0.3)
+"""Weights of the tagger's own Cough score tried (with ``--tagger-cough``), in place of that much of the detector's."""
 COMBINES = {"geometric mean": lambda d, p: np.sqrt(d * p), "both (the lower)": np.minimum}
 """Other ways to join the detector's score and the probe's probability: each asks both to agree."""
 FRAME = 160
@@ -178,6 +183,17 @@ def verifier_scores(folder: Path, st: Stream, det: Model) -> np.ndarray:
     return verifier(windows)
 
 
+def tagger_cough_scores(path: Path, st: Stream, det: Model) -> np.ndarray:
+    """The tagger's own ``Cough`` class score (its highest over the tagger's positions) on each candidate's detector
+    window: what the pretrained tagger says with nothing fitted on this project's data."""
+    from trainer.tagger import OnnxTagger
+
+    tagger, info = OnnxTagger(path, ("cough", "other"), "cough", "Cough", 16000, "--tagger-cough"), det.info
+    windows = np.stack([cut_window(st.audio, 0, int(o), info.window_samples, info.pre_roll_samples) for o in st.onsets])
+    return np.concatenate([tagger.class_scores(windows[i:i + 64])[:, tagger.positive_columns].max(axis=1)
+                           for i in range(0, len(windows), 64)])
+
+
 def rows(name: str, single: Stream, bouts: Stream, value: np.ndarray, value_b: np.ndarray, max_h: float) -> str:
     found = best(single, value, max_h)
     if found is None:
@@ -195,6 +211,8 @@ def main() -> None:
     ap.add_argument("--detector", type=Path, default=Path("models/cough-detector/student.int8.onnx"))
     ap.add_argument("--config", default="bench/stream-negatives.toml")
     ap.add_argument("--verifier", type=Path, default=None, help="a verifier folder (trainer export-verifier)")
+    ap.add_argument("--tagger-cough", type=Path, default=None,
+                    help="an ONNX tagger with a class_map.csv beside it (YAMNet): its own Cough score mixed in as well")
     config.add_arguments(ap, StreamCommand, only=("stream",))
     args = ap.parse_args()
     cmd = config.build(StreamCommand, file=args.config, args=args)
@@ -212,6 +230,15 @@ def main() -> None:
         for name, combine in COMBINES.items():
             both = [combine(st.scores, t) for st, t in zip((single, bouts), tagger)]
             rules[f"tagger, {name} (gate)"] = [np.where(st.from_gate, m, 0.0) for st, m in zip((single, bouts), both)]
+    if args.tagger_cough:
+        own = [tagger_cough_scores(args.tagger_cough, st, det) for st in (single, bouts)]
+        for w in TAGGER_COUGH_MIXES:
+            mixed = [(1 - w) * st.scores + w * c for st, c in zip((single, bouts), own)]
+            rules[f"tagger's Cough score {w:g} (gate)"] = [np.where(st.from_gate, m, 0.0) for st, m in zip((single, bouts), mixed)]
+            if args.verifier:
+                mixed = [(0.7 - w) * st.scores + 0.3 * t + w * c for st, t, c in zip((single, bouts), tagger, own)]
+                rules[f"probe 0.3 and Cough score {w:g} (gate)"] = [np.where(st.from_gate, m, 0.0)
+                                                                    for st, m in zip((single, bouts), mixed)]
     print(f"{single.onsets.size} and {bouts.onsets.size} candidates; {labels(single).sum()} and {labels(bouts).sum()} "
           "of them at a placed cough\n")
     print("| rule | background events/h at most | single coughs: sensitivity | at 15 dB or more | events per detected "
