@@ -28,7 +28,7 @@ TAGGER_RATE = 16000
 """Sample rate of the taggers this adapter knows (YAMNet: 16 kHz)."""
 EMBEDDING = "embedding"
 """The output a probe teacher reads (YAMNet's 1024 pooled features)."""
-PROBE_C = (0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
+PROBE_C = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 1.0)
 """Inverse regularisation strengths a probe tries; validation ROC-AUC picks one."""
 
 
