@@ -389,3 +389,22 @@ def test_pipeline_holds_the_mixed_score_to_the_verifiers_threshold(verifier_fold
     with pytest.raises(ValueError, match="a verifier judges the energy gate's sounds"):
         Pipeline(_FixedDetector(0.5), _FixedDetector(0.5), "dev", verifier=v,
                  onset=OnsetDetector(16000, OnsetSettings(scan_ms=100)))
+
+
+def test_probe_views_add_augmented_copies_of_every_training_window_after_the_clean_ones():
+    from trainer.augment import AugmentSettings
+    from trainer.distill import probe_training_windows
+    from trainer.train import WindowSet
+
+    rng = np.random.default_rng(1)
+    ws = WindowSet(windows=(rng.standard_normal((5, 1600)) * 0.1).astype(np.float32), clip=np.arange(5),
+                   targets=np.array([0, 1, 1, 0, 1]), phone=np.zeros(5, dtype=bool))
+    same, labels = probe_training_windows(ws, AugmentSettings(), 0, seed=0)
+    assert same is ws.windows and labels is ws.targets
+    windows, labels = probe_training_windows(ws, AugmentSettings(), 2, seed=0)
+    assert windows.shape == (15, 1600) and windows.dtype == np.float32
+    np.testing.assert_array_equal(windows[:5], ws.windows)
+    np.testing.assert_array_equal(labels, np.tile(ws.targets, 3))
+    assert not np.allclose(windows[5:10], ws.windows) and not np.allclose(windows[5:10], windows[10:])
+    again, _ = probe_training_windows(ws, AugmentSettings(), 2, seed=0)
+    np.testing.assert_array_equal(again, windows)

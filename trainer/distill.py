@@ -27,6 +27,7 @@ from .report import write_model_card, write_report
 from .settings import Settings
 from .tagger import check_labels as tagger_check
 from .tagger import EMBEDDING, label_checker
+from .augment import AugmentSettings
 from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, cached_outputs, ce_step,
                     evaluation_windows, fit, make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache,
                     training_windows, weights_digest)
@@ -172,7 +173,7 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
                             pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
                             classes=s.teacher.classes, head=s.teacher.head)
     if s.teacher.head == "probe":
-        fit_probe(teacher, rd, out, accelerator)
+        fit_probe(teacher, rd, out, accelerator, s.augment, s.teacher.probe_views, s.run.seed)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
     if freeze and hasattr(teacher, "model"):
@@ -191,10 +192,12 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
     return teacher.to(accelerator.device), history
 
 
-def fit_probe(teacher, rd: RunData, out: Path, accelerator) -> None:
+def fit_probe(teacher, rd: RunData, out: Path, accelerator, augment: AugmentSettings, views: int = 0,
+              seed: int = 0) -> None:
     """``--teacher-head probe``: the head on the tagger's embedding, fitted on the clean training windows (the
-    student's crops) and chosen on the validation windows, as every other choice is. The embeddings are cached in
-    ``probe_embeddings_<split>.pt``, keyed by the windows and the tagger file, like the teacher's outputs."""
+    student's crops; with ``views``, that many augmented copies of each as well) and chosen on the clean validation
+    windows, as every other choice is. The clean windows' embeddings are cached in ``probe_embeddings_<split>.pt``,
+    keyed by the windows and the tagger file, like the teacher's outputs."""
     from .tagger import PROBE_C
 
     digest = weights_digest(teacher.tagger) + ":" + EMBEDDING
@@ -206,13 +209,24 @@ def fit_probe(teacher, rd: RunData, out: Path, accelerator) -> None:
                               CropDataset(ws, None, 0))
         teacher.remember(keys, rows.numpy())
     val = rd.sets["val"]
-    scores = teacher.fit(rd.train.windows, rd.train.targets, val.windows, val.targets)
+    windows, targets = probe_training_windows(rd.train, augment, views, seed)
+    scores = teacher.fit(windows, targets, val.windows, val.targets)
     best = max(scores, key=scores.get)
     log.info("teacher probe: validation ROC-AUC by C: %s; kept C=%g",
              ", ".join(f"{c:g}: {v:.4f}" for c, v in scores.items()), best)
     if best in (min(PROBE_C), max(PROBE_C)):
         log.warning("teacher probe: the best C (%g) is at the edge of the grid %s; a wider grid might do better",
                     best, PROBE_C)
+
+
+def probe_training_windows(ws, augment: AugmentSettings, views: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clean training windows, then ``views`` augmented copies of each (their labels repeated), drawn as the
+    student's crops are (:class:`CropDataset`, another clean window as the mixed-in background)."""
+    if views == 0:
+        return ws.windows, ws.targets
+    crops = CropDataset(ws, augment, seed)
+    copies = [np.stack([crops[i][0].numpy() for i in range(len(crops))]) for _ in range(views)]
+    return np.concatenate([ws.windows, *copies]), np.tile(ws.targets, views + 1)
 
 
 def distil_student(s: Settings, rd: RunData, teacher, out: Path, accelerator, selection: Selection):

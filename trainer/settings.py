@@ -108,6 +108,9 @@ class TeacherSettings:
     head: str = "classes"
     """``onnx:`` teachers only: ``classes`` (the tagger's scores for ``classes``) or ``probe`` (a logistic regression on
     the tagger's embedding, fitted on the clean training windows, its strength chosen by validation ROC-AUC)."""
+    probe_views: int = 0
+    """``head = probe`` only: augmented copies (``[augment]``: mixed-in background, shifts, telephone band, noise,
+    gain) of every training window the probe is fitted on besides the clean ones (0 = clean windows only)."""
     epochs: int = 10
     """Fine-tuning epochs (0 = use the teacher as loaded)."""
     lr: float = 0.0
@@ -217,6 +220,10 @@ class Settings:
             (not t.source.startswith("onnx:") or t.epochs == 0, "teacher.epochs", t.epochs,
              "must be 0 for an onnx: teacher (a tagger is used frozen)"),
             (t.head in ("classes", "probe"), "teacher.head", t.head, "must be classes or probe"),
+            (0 <= t.probe_views <= 8 and (t.probe_views == 0 or t.head == "probe"), "teacher.probe_views",
+             t.probe_views, "must be in 0..8, and 0 unless teacher.head = probe"),
+            (t.probe_views == 0 or self.augment.apply, "teacher.probe_views", t.probe_views,
+             "must be 0 with --no-augment-apply (the copies are augmented)"),
             (t.head == "classes" or t.source.startswith("onnx:"), "teacher.head", t.head,
              "must be classes unless teacher.source is onnx:PATH (a probe reads a tagger's embedding)"),
             (not t.source.startswith("onnx:") or s.kind == "cnn", "student.kind", s.kind,
