@@ -715,6 +715,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         m = score_stream(truth, events, stream.size, rate, levels=s.levels)
         table.append({"threshold": float(t), "sensitivity": m["coughs"]["share"],
                       "background_events_per_hour": m["background_events_per_hour"],
+                      "background_away_from_coughs_per_hour": m["background_away_from_coughs_per_hour"],
                       "events_per_detected_cough": m["events_per_detected_cough"],
                       "sounds_with_event": m["sounds"]["share"]})
     ok = [r for r in table if r["background_events_per_hour"] <= s.max_false_per_hour]
