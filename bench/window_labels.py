@@ -8,6 +8,10 @@ The run is a `trainer distill --teacher onnx:PATH --teacher-head probe` folder (
 `probe_embeddings_*.pt` and its `teacher/`). The windows are rebuilt from the run's settings, as `trainer evaluate`
 does. Prints, for the wideband and the telephone windows apart, the probe's ROC-AUC on the validation windows and,
 among the cough windows, how many the tagger's own ``Cough`` score hears as a cough and how the probe scores them.
+With ``--refit-out DIR`` it also refits the probe without the wideband training cough windows whose ``Cough``
+score is below ``--min-cough`` (the telephone ones are kept: the tagger hears little there), on the run's cached
+embeddings, and saves that teacher in DIR for `trainer export-verifier DIR --out VERIFIER`.
+
 A research aid, not part of the daemon.
 """
 from __future__ import annotations
@@ -60,11 +64,37 @@ def report(name: str, positive: np.ndarray, probe: np.ndarray, heard: np.ndarray
     print(f"Non-cough windows the tagger hears as a cough (0.3 or more): {(~positive & (heard >= 0.3)).sum()}")
 
 
+def refit_without(run: Path, rd, tagger: OnnxTagger, min_cough: float, out: Path) -> None:
+    """The run's probe refitted without the wideband training cough windows the tagger scores below ``min_cough``."""
+    import torch
+
+    from trainer.models import load_checkpoint, save_checkpoint
+
+    teacher = load_checkpoint(run / "teacher")
+    for split in ("train", "val"):
+        cached = torch.load(run / f"probe_embeddings_{split}.pt", weights_only=False)
+        teacher.remember(cached["keys"], cached["embeddings"].numpy())
+    train, val, column = rd.train, rd.sets["val"], list(rd.labels).index(rd.positive)
+    asked = np.where((train.targets == column) & ~train.phone)[0]
+    drop = asked[cough_scores(tagger, train.windows[asked]) < min_cough]
+    keep = np.ones(train.targets.size, dtype=bool)
+    keep[drop] = False
+    scores = teacher.fit(train.windows[keep], train.targets[keep], val.windows, val.targets)
+    save_checkpoint(teacher, out)
+    print(f"\nrefitted without {drop.size} of the {asked.size} wideband training cough windows (Cough below "
+          f"{min_cough:g}); validation ROC-AUC by C: " + ", ".join(f"{c:g} {v:.4f}" for c, v in scores.items())
+          + f"; saved in {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path, help="a probe run's folder")
     ap.add_argument("--tagger", type=Path, default=Path("../shared/teachers/yamnet/yamnet.onnx"),
                     help="an ONNX tagger with a class_map.csv beside it")
+    ap.add_argument("--refit-out", type=Path, default=None, help="refit the probe without the windows below "
+                    "--min-cough and save that teacher here")
+    ap.add_argument("--min-cough", type=float, default=0.05, help="the tagger's Cough score below which a wideband "
+                    "training cough window is left out of the refit")
     args = ap.parse_args()
     s = config.build(Settings, file=args.run / "settings.json")
     rd = prepare_data(s, args.run, progress=False, write=False)
@@ -75,6 +105,8 @@ def main() -> None:
     probe, heard = probe_scores(args.run, val.windows, column), cough_scores(tagger, val.windows)
     for name, m in (("wideband validation windows", ~val.phone), ("telephone validation windows", val.phone)):
         report(name, positive[m], probe[m], heard[m])
+    if args.refit_out:
+        refit_without(args.run, rd, tagger, args.min_cough, args.refit_out)
 
 
 if __name__ == "__main__":
