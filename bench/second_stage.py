@@ -190,8 +190,7 @@ def tagger_cough_scores(path: Path, st: Stream, det: Model) -> np.ndarray:
 
     tagger, info = OnnxTagger(path, ("cough", "other"), "cough", "Cough", 16000, "--tagger-cough"), det.info
     windows = np.stack([cut_window(st.audio, 0, int(o), info.window_samples, info.pre_roll_samples) for o in st.onsets])
-    return np.concatenate([tagger.class_scores(windows[i:i + 64])[:, tagger.positive_columns].max(axis=1)
-                           for i in range(0, len(windows), 64)])
+    return tagger.positive_scores(windows)
 
 
 def rows(name: str, single: Stream, bouts: Stream, value: np.ndarray, value_b: np.ndarray, max_h: float) -> str:

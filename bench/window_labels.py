@@ -33,12 +33,6 @@ BANDS = ((0.0, 0.05), (0.05, 0.3), (0.3, 1.01))
 """Ranges of the tagger's ``Cough`` score the cough windows are counted in."""
 
 
-def cough_scores(tagger: OnnxTagger, windows: np.ndarray, batch: int = 64) -> np.ndarray:
-    """The tagger's own ``Cough`` score (its highest over the tagger's positions) of each window."""
-    return np.concatenate([tagger.class_scores(windows[i:i + batch])[:, tagger.positive_columns].max(axis=1)
-                           for i in range(0, len(windows), batch)])
-
-
 def probe_scores(run: Path, windows: np.ndarray, column: int) -> np.ndarray:
     """The run's probe teacher's probability of the label in ``column`` on each window."""
     import torch
@@ -76,7 +70,7 @@ def refit_without(run: Path, rd, tagger: OnnxTagger, min_cough: float, out: Path
         teacher.remember(cached["keys"], cached["embeddings"].numpy())
     train, val, column = rd.train, rd.sets["val"], list(rd.labels).index(rd.positive)
     asked = np.where((train.targets == column) & ~train.phone)[0]
-    drop = asked[cough_scores(tagger, train.windows[asked]) < min_cough]
+    drop = asked[tagger.positive_scores(train.windows[asked]) < min_cough]
     keep = np.ones(train.targets.size, dtype=bool)
     keep[drop] = False
     scores = teacher.fit(train.windows[keep], train.targets[keep], val.windows, val.targets)
@@ -102,7 +96,7 @@ def main() -> None:
     column = list(rd.labels).index(rd.positive)
     positive = val.targets == column
     tagger = OnnxTagger(args.tagger, ("cough", "other"), "cough", "Cough", s.data.sample_rate, "--tagger")
-    probe, heard = probe_scores(args.run, val.windows, column), cough_scores(tagger, val.windows)
+    probe, heard = probe_scores(args.run, val.windows, column), tagger.positive_scores(val.windows)
     for name, m in (("wideband validation windows", ~val.phone), ("telephone validation windows", val.phone)):
         report(name, positive[m], probe[m], heard[m])
     if args.refit_out:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import data as D
+from .augment import AugmentSettings
 from .baselines import run_baselines
 from .context import ContextSettings, SceneMaker
 from .metrics import choose_threshold, distillation_loss, evaluate, paired_auc_difference
@@ -27,7 +28,6 @@ from .report import write_model_card, write_report
 from .settings import Settings
 from .tagger import check_labels as tagger_check
 from .tagger import EMBEDDING, label_checker
-from .augment import AugmentSettings
 from .train import (CropDataset, Schedule, Selection, WindowSet, balanced_loader, cached_outputs, ce_step,
                     evaluation_windows, fit, make_kd_step, predict_logits, softmax, tagger_cache, teacher_cache,
                     training_windows, weights_digest)
@@ -173,7 +173,7 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
                             pre_roll_samples=rd.pre_roll, pad=s.data.pad, sample_rate=s.data.sample_rate,
                             classes=s.teacher.classes, head=s.teacher.head)
     if s.teacher.head == "probe":
-        fit_probe(teacher, rd, out, accelerator, s.augment, s.teacher.probe_views, s.run.seed)
+        fit_probe(s, teacher, rd, out, accelerator)
     preset = s.teacher.source.startswith("preset:")
     freeze = s.teacher.freeze_feature_encoder == "yes" or (s.teacher.freeze_feature_encoder == "auto" and not preset)
     if freeze and hasattr(teacher, "model"):
@@ -192,10 +192,9 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
     return teacher.to(accelerator.device), history
 
 
-def fit_probe(teacher, rd: RunData, out: Path, accelerator, augment: AugmentSettings, views: int = 0,
-              seed: int = 0) -> None:
+def fit_probe(s: Settings, teacher, rd: RunData, out: Path, accelerator) -> None:
     """``--teacher-head probe``: the head on the tagger's embedding, fitted on the clean training windows (the
-    student's crops; with ``views``, that many augmented copies of each as well) and chosen on the clean validation
+    student's crops; with ``--teacher-probe-views``, that many augmented copies of each as well) and chosen on the clean validation
     windows, as every other choice is. The clean windows' embeddings are cached in ``probe_embeddings_<split>.pt``,
     keyed by the windows and the tagger file, like the teacher's outputs."""
     from .tagger import PROBE_C
@@ -209,7 +208,7 @@ def fit_probe(teacher, rd: RunData, out: Path, accelerator, augment: AugmentSett
                               CropDataset(ws, None, 0))
         teacher.remember(keys, rows.numpy())
     val = rd.sets["val"]
-    windows, targets = probe_training_windows(rd.train, augment, views, seed)
+    windows, targets = probe_training_windows(rd.train, s.augment, s.teacher.probe_views, s.run.seed)
     scores = teacher.fit(windows, targets, val.windows, val.targets)
     best = max(scores, key=scores.get)
     log.info("teacher probe: validation ROC-AUC by C: %s; kept C=%g",

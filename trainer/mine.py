@@ -194,7 +194,7 @@ def _tagger_scores(m: MineSettings, excerpts: list[np.ndarray], rate: int) -> li
         raise ValueError(f"mine.tagger = {m.tagger!r} must be onnx:PATH (or empty for none)")
     tagger = OnnxTagger(m.tagger[len(PREFIX):], ("cough", "other"), "cough", m.tagger_classes, rate, "mine.tagger",
                         "mine.tagger_classes")
-    return [float(tagger.class_scores(x[None])[0, tagger.positive_columns].max())
+    return [float(tagger.positive_scores(x[None])[0])
             for x in tqdm(excerpts, desc="tagger", unit="alarm")]
 
 

@@ -112,6 +112,10 @@ class OnnxTagger(nn.Module):
         """``[batch, n_classes]``: each class's highest score over the tagger's positions in each window."""
         return self._positions(audio, self.output_name).max(axis=1)
 
+    def positive_scores(self, audio: np.ndarray) -> np.ndarray:
+        """``[batch]``: the highest score among the positive label's classes (``classes``) in each window."""
+        return self.class_scores(audio)[:, self.positive_columns].max(axis=1)
+
     def embedding_width(self) -> int:
         """Width of the ``embedding`` output at one position; a tagger without one is refused, naming its outputs."""
         if EMBEDDING not in self.outputs:
@@ -127,8 +131,7 @@ class OnnxTagger(nn.Module):
         return np.concatenate([per.mean(axis=1), per.max(axis=1)], axis=1)
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        scores = self.class_scores(audio.detach().float().cpu().numpy())
-        p = np.clip(scores[:, self.positive_columns].max(axis=1), 1e-6, 1 - 1e-6)
+        p = np.clip(self.positive_scores(audio.detach().float().cpu().numpy()), 1e-6, 1 - 1e-6)
         probs = np.empty((len(p), len(self.labels)), dtype=np.float32)
         probs[:] = ((1 - p) / max(1, len(self.labels) - 1))[:, None]
         probs[:, self.positive] = p
@@ -227,7 +230,7 @@ def check_labels(tagger: OnnxTagger, min_score: float, clips: list, positive: st
     checked = [c for c in clips if c.label != positive]
     for c in tqdm(checked, desc="label check", unit="recording", disable=not progress, mininterval=5):
         if c.sha256 not in scores:
-            scores[c.sha256] = float(tagger.class_scores(c.audio[None])[0, tagger.positive_columns].max())
+            scores[c.sha256] = float(tagger.positive_scores(c.audio[None])[0])
     cache.write_text(json.dumps({**key, "scores": scores}))
     rows = [{"path": str(c.path), "label": c.extra.get("original_label", c.label), "score": round(scores[c.sha256], 4),
              "left_out": scores[c.sha256] >= min_score} for c in checked]
