@@ -15,6 +15,12 @@ import numpy as np
 
 from .config import ConfigError
 
+BURST_WITHIN_DB = 10.0
+"""A burst (:meth:`OnsetDetector.burst`) runs through the frames within this many dB of its loudest."""
+BURST_BACK_MS = 300.0
+"""How far back from its loudest frame a burst may start (:meth:`OnsetDetector.burst`), in milliseconds: as far as
+the stream benchmark's truth of one cough reaches back from its loudest frame."""
+
 
 @dataclass(frozen=True)
 class OnsetSettings:
@@ -75,6 +81,17 @@ class OnsetSettings:
     at least this many dB louder, however the two score: a quiet room sound whose window held a cough off its place
     often scores as high as the cough itself. The coughs of a bout come within a few dB of each other and stay
     separate events. 0 = off (score alone decides)."""
+    burst_db: float = 6.0
+    """Which cough an accepted sound's event stands for: where the loudest burst its cough detector window heard
+    (:meth:`OnsetDetector.burst`) is at least this many dB louder than the sound's own first ``burst_same_ms``, that
+    burst; else the sound itself. The event is stamped at the start of what it stands for, and an event standing for
+    a burst that starts within ``burst_same_ms`` of an earlier event's is that cough again (it yields by the
+    supersede rules, or is dropped): a room sound just before or after a cough, whose window holds the cough, is not
+    a second event beside it (README, "One event per burst"). 0 = off: events at their sound's onset, none matched
+    by burst."""
+    burst_same_ms: float = 100.0
+    """Bursts starting less than this many milliseconds apart are one cough's; also the stretch from a sound's onset
+    that is its own start."""
     views: int = 1
     """Windows the cough detector scores per sound, centred on its onset and ``view_step_ms`` apart; the sound's
     cough score is the mean of their cough probabilities. Odd; 1 = the window at the onset only. 5 was tried
@@ -125,6 +142,10 @@ class OnsetSettings:
             raise ValueError(f"supersede_margin = {self.supersede_margin} must be in [0, 1)")
         if not 0 <= self.supersede_louder_db <= 60:
             raise ValueError(f"supersede_louder_db = {self.supersede_louder_db} must be in [0, 60] dB")
+        if not 0 <= self.burst_db <= 40:
+            raise ValueError(f"burst_db = {self.burst_db} must be in [0, 40] dB")
+        if not 0 < self.burst_same_ms <= 500:
+            raise ValueError(f"burst_same_ms = {self.burst_same_ms} must be in (0, 500] ms")
         if not (isinstance(self.views, int) and 1 <= self.views <= 15 and self.views % 2):
             raise ValueError(f"views = {self.views} must be an odd whole number in 1..15")
         if not 0 < self.view_step_ms <= 250:
@@ -143,6 +164,16 @@ class OnsetSettings:
                            ("max_duration_ms", 10_000), ("floor_rise_s", 600), ("floor_fall_s", 600)):
             if getattr(self, name) > most:  # the pipeline keeps max_duration_ms of audio: bounded memory
                 raise ValueError(f"{name} = {getattr(self, name)} must be at most {most}")
+
+
+@dataclass(frozen=True)
+class Burst:
+    start: int
+    """First sample of its first frame."""
+    end: int
+    """First sample after its last frame."""
+    peak_dbfs: float
+    """Its loudest frame's band energy, in dBFS."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +242,28 @@ class OnsetDetector:
             run = run + 1 if level < below_dbfs else 0
             longest = max(longest, run)
         return longest * self.frame_samples
+
+    def burst(self, start: int, end: int) -> Burst | None:
+        """The loudest burst heard in ``[start, end)``: the whole remembered frame there with the most band energy,
+        extended back (at most ``BURST_BACK_MS``, never before the remembered frames) and forward (never past
+        ``end``) through the frames within ``BURST_WITHIN_DB`` of it. None when no remembered frame lies wholly in
+        ``[start, end)``."""
+        first = self.position - len(self._levels) * self.frame_samples
+        lo = max(0, -(-(start - first) // self.frame_samples))
+        hi = min(len(self._levels), (end - first) // self.frame_samples)
+        if hi <= lo:
+            return None
+        levels = np.fromiter(islice(self._levels, 0, hi), dtype=np.float64, count=hi)
+        peak = lo + int(np.argmax(levels[lo:hi]))
+        floor = levels[peak] - BURST_WITHIN_DB
+        back = max(0, peak - round(BURST_BACK_MS * self.sample_rate / 1000 / self.frame_samples))
+        a = peak
+        while a > back and levels[a - 1] >= floor:
+            a -= 1
+        b = peak + 1
+        while b < hi and levels[b] >= floor:
+            b += 1
+        return Burst(first + a * self.frame_samples, first + b * self.frame_samples, float(levels[peak]))
 
     @property
     def unreported_from(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
@@ -24,6 +25,17 @@ def clock_synced() -> bool:
         return ctypes.CDLL(None, use_errno=True).adjtimex(buf) not in (-1, 5)
     except (OSError, AttributeError):
         return False
+
+
+@dataclass(frozen=True)
+class Held:
+    """An accepted sound's event, kept back while a later sound may still take its place."""
+
+    event: CoughEvent
+    peak_dbfs: float
+    """The sound's band peak."""
+    onset: int
+    """The sound's onset sample (the event is stamped at its burst, which may lie elsewhere in the window)."""
 
 
 @dataclass
@@ -96,7 +108,9 @@ class Pipeline:
         self._cough: tuple[int, int, float] | None = None
         self._supersede = round(self.onset.s.supersede_ms * self.sample_rate / 1000)
         # accepted, not yet published (a better sound may still supersede them), each with its sound's band peak (dBFS)
-        self._held: list[tuple[CoughEvent, float]] = []
+        self._held: list[Held] = []
+        self._burst_same = round(self.onset.s.burst_same_ms * self.sample_rate / 1000)
+        self._published_bursts: deque[int] = deque(maxlen=64)  # burst starts of recently published events
         self._scanner = self._make_scanner()
         self._peaks: list[Peak] = []  # decided by the scanner, waiting for the classifier's window
         self.counters = Counters()
@@ -231,34 +245,55 @@ class Pipeline:
         for sound in self._pending:
             if final or sound.onset + self._after <= end:
                 if not self._continues_cough(sound):
-                    self._hold(self._accept(sound, self._score(sound)), sound.peak_dbfs)
+                    self._hold(self._accept(sound, self._score(sound)), sound)
             else:
                 keep.append(sound)
         self._pending = keep
 
-    def _hold(self, event: CoughEvent | None, peak_dbfs: float) -> None:
+    def _hold(self, event: CoughEvent | None, sound: Sound) -> None:
         """Keep an accepted sound's event back; earlier ones within ``supersede_ms`` that it clearly outscores (or,
         with ``supersede_louder_db``, is that much louder than) yield."""
         if event is None:
             return
-        kept = [h for h in self._held if event.onset_sample - h[0].onset_sample >= self._supersede
+        onset, peak_dbfs = sound.onset, sound.peak_dbfs
+        new = Held(event, peak_dbfs, onset)
+        same = self._same_burst(event)
+        if same is not None:  # that cough again: the better placed of the two stands by the supersede rules
+            if isinstance(same, Held) and self._beats(event.cough_score, peak_dbfs, same):
+                self._held[self._held.index(same)] = new
+                self.counters.superseded += 1
+            else:
+                self.counters.merged += 1
+            return
+        kept = [h for h in self._held if onset - h.onset >= self._supersede
                 or not self._beats(event.cough_score, peak_dbfs, h)]
         self.counters.superseded += len(self._held) - len(kept)
-        self._held = kept + [(event, peak_dbfs)]
+        self._held = kept + [new]
 
-    def _beats(self, cough_score: float, peak_dbfs: float, held: tuple[CoughEvent, float]) -> bool:
-        """A later accepted sound (its score and band peak) takes the place of ``held`` (an event and its peak)."""
-        s, (event, held_peak) = self.onset.s, held
-        louder = s.supersede_louder_db > 0 and peak_dbfs >= held_peak + s.supersede_louder_db
-        return cough_score > event.cough_score + s.supersede_margin or louder
+    def _same_burst(self, event: CoughEvent) -> "Held | int | None":
+        """The held event (or the burst start of a published one) whose burst starts within ``burst_same_ms`` of
+        ``event``'s: the same cough. None when ``burst_db`` is 0 or there is none."""
+        if not self.onset.s.burst_db:
+            return None
+        held = [h for h in self._held if abs(event.onset_sample - h.event.onset_sample) < self._burst_same]
+        if held:
+            return held[0]
+        return next((b for b in self._published_bursts if abs(event.onset_sample - b) < self._burst_same), None)
+
+    def _beats(self, cough_score: float, peak_dbfs: float, held: Held) -> bool:
+        """A later accepted sound (its score and band peak) takes the place of ``held``."""
+        s = self.onset.s
+        louder = s.supersede_louder_db > 0 and peak_dbfs >= held.peak_dbfs + s.supersede_louder_db
+        return cough_score > held.event.cough_score + s.supersede_margin or louder
 
     def _release(self, final: bool, t_complete: float) -> list[CoughEvent]:
         """Publish held events that no sound still to be classified can supersede. ``t_complete``: when the chunk
         that released them arrived (latency is counted from it)."""
         horizon = min([s.onset for s in self._pending] + [self.onset.unreported_from])
-        settled = [final or h.onset_sample + self._supersede <= horizon for h, _ in self._held]
-        ready = [h for (h, _), done in zip(self._held, settled) if done]
+        settled = [final or h.onset + self._supersede <= horizon for h in self._held]
+        ready = [h.event for h, done in zip(self._held, settled) if done]
         self._held = [h for h, done in zip(self._held, settled) if not done]
+        self._published_bursts.extend(e.onset_sample for e in ready)
         return self._published(ready, t_complete)
 
     def _published(self, events: list[CoughEvent], t_complete: float) -> list[CoughEvent]:
@@ -286,13 +321,13 @@ class Pipeline:
             return False
         if self._pause_db and self.onset.quiet_run(onset, sound.onset, peak - self._pause_db) >= self._pause:
             return False  # the cough fell silent before this sound: the next cough of a bout
-        held = next((h for h in self._held if h[0].onset_sample == onset), None) if self._supersede else None
+        held = next((h for h in self._held if h.onset == onset), None) if self._supersede else None
         if held is not None:
             score = self._score(sound)
             if score >= self.detector_threshold and self._beats(score, sound.peak_dbfs, held):
                 self._held.remove(held)
                 self.counters.superseded += 1
-                self._hold(self._accept(sound, score), sound.peak_dbfs)
+                self._hold(self._accept(sound, score), sound)
                 return True
         self._cough = (onset, max(chain_end, sound.offset), peak)
         self.counters.merged += 1
@@ -320,12 +355,33 @@ class Pipeline:
             self.counters.rejected += 1
             return None
         self._cough = (sound.onset, sound.offset, sound.peak_dbfs)
-        return self._event(sound.onset, sound.offset, cough_score)
+        return self._event(sound.onset, sound.offset, cough_score, stamp=self._burst(sound))
 
-    def _event(self, onset: int, offset: int, cough_score: float) -> CoughEvent:
-        """The event of a cough at stream samples [onset, offset), its window classified."""
+    def _burst(self, sound: Sound) -> tuple[int, int] | None:
+        """``(start, end)`` of the burst ``sound``'s event stands for (``burst_db``): the loudest in its cough detector
+        window, where that is ``burst_db`` louder than the sound's own start; None (the sound itself) otherwise or
+        when ``burst_db`` is 0."""
+        if not self.onset.s.burst_db:
+            return None
+        info = self.detector.info
+        start = sound.onset - info.pre_roll_samples
+        loud = self.onset.burst(start, start + info.window_samples)
+        own = self.onset.burst(sound.onset, sound.onset + self._burst_same)
+        if loud is None or own is None:
+            return None
+        if loud.peak_dbfs < own.peak_dbfs + self.onset.s.burst_db:
+            return None  # the sound is as loud as anything its window heard: it stands for itself
+        if self._pause_db and loud.start > own.end and \
+                self.onset.quiet_run(own.end, loud.start, own.peak_dbfs - self._pause_db) >= self._pause:
+            return None  # it fell silent before the louder burst: a cough, and that burst the next of its bout
+        return loud.start, loud.end
+
+    def _event(self, onset: int, offset: int, cough_score: float, stamp: tuple[int, int] | None = None) -> CoughEvent:
+        """The event of a cough at stream samples [onset, offset), its window classified; stamped at ``stamp``
+        (its burst's ``(start, end)``) where one is given."""
         info = self.classifier.info
         window = cut_window(self._buf, self._buf_start, onset, info.window_samples, info.pre_roll_samples)
+        onset, offset = stamp or (onset, offset)
         probs = self.classifier(window[None])[0]
         if probs[info.positive_index] >= info.threshold:
             label = info.positive_label

@@ -634,13 +634,13 @@ class _LoudnessDetector(_RecordingModel):
         return np.stack([score, 1 - score], axis=1).astype(np.float32)
 
 
-def _sounds_at(spec: list[tuple[float, float]]) -> np.ndarray:
-    """Noise floor with 100 ms noise bursts: (start in s, RMS) each."""
+def _sounds_at(spec: list[tuple[float, ...]]) -> np.ndarray:
+    """Noise floor with noise bursts: (start in s, RMS[, length in s, 0.1 if not given]) each."""
     rng = np.random.default_rng(7)
     audio = (0.002 * rng.standard_normal(16000 * 5)).astype(np.float32)
-    for start, rms in spec:
-        at = round(start * 16000)
-        audio[at:at + 1600] += (rms * rng.standard_normal(1600)).astype(np.float32)
+    for start, rms, *length in spec:
+        at, n = round(start * 16000), round((length[0] if length else 0.1) * 16000)
+        audio[at:at + n] += (rms * rng.standard_normal(n)).astype(np.float32)
     return audio
 
 
@@ -661,7 +661,7 @@ def test_an_accepted_sound_yields_to_a_clearly_better_one_that_follows_within_su
 
     audio = _sounds_at(spec)
     pipe = Pipeline(_LoudnessDetector("det", 16000, 4000, [0, 0]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
-                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms)), synced=True)
+                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_ms=supersede_ms, burst_db=0.0)), synced=True)
     published = _replay(pipe, audio, chunk)
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
     assert pipe.health()["superseded"] == superseded and pipe.health()["events"] == len(want)
@@ -682,12 +682,65 @@ def test_an_accepted_sound_yields_to_a_much_louder_one_however_they_score(chunk,
     from edge.pipeline import Pipeline
 
     audio = _sounds_at(spec)
-    settings = OnsetSettings(supersede_louder_db=louder_db)
+    settings = OnsetSettings(supersede_louder_db=louder_db, burst_db=0.0)
     pipe = Pipeline(_RecordingModel("det", 16000, 4000, [0.95, 0.05]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
                     "dev", onset=OnsetDetector(16000, settings), synced=True)
     published = _replay(pipe, audio, chunk)
     assert [round(e.onset_sample / 16000, 1) for e in published] == want
     assert pipe.counters.superseded == len(spec) - len(want)
+
+
+@pytest.mark.parametrize("chunk", [160, 1600, 7000])
+@pytest.mark.parametrize("spec, burst_db, want, merged", [
+    ([(2.0, 0.02, 0.4), (2.4, 0.4)], 3.0, [2.4], 1),       # a room sound running into a cough its window holds
+    ([(2.0, 0.02, 0.4), (2.4, 0.4)], 0.0, [2.0], 1),       # ... off: stamped at the room sound, 0.4 s early
+    ([(2.0, 0.02), (2.4, 0.4)], 3.0, [2.0, 2.4], 0),       # a quiet sound that fell silent first stands for itself
+    ([(2.0, 0.4), (2.3, 0.02)], 3.0, [2.0], 1),            # a quiet room sound after a cough, in whose pre-roll it lies
+    ([(2.0, 0.4), (2.5, 0.38)], 3.0, [2.0, 2.5], 0),       # the coughs of a bout, alike: each stands for itself
+    ([(2.0, 0.02, 0.4), (3.2, 0.4)], 3.0, [2.0, 3.2], 0),  # a cough past the room sound's window is another event
+])
+def test_an_event_stands_for_the_loudest_burst_its_window_heard(chunk, spec, burst_db, want, merged):
+    """A sound whose window heard a burst ``burst_db`` louder than its own start stands for that burst, unless it
+    fell silent (``merge_pause_db`` under its own peak) before a later one: then it is a cough of its own, the
+    burst the next of its bout."""
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio = _sounds_at(spec)
+    settings = OnsetSettings(supersede_ms=0.0, burst_db=burst_db)  # the supersede rules off: the burst rule alone
+    pipe = Pipeline(_RecordingModel("det", 16000, 4000, [0.95, 0.05]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
+                    "dev", onset=OnsetDetector(16000, settings), synced=True)
+    published = _replay(pipe, audio, chunk)
+    assert [round(e.onset_sample / 16000, 1) for e in published] == want
+    c = pipe.counters
+    assert c.merged == merged and c.sounds == len(spec) == c.events + c.merged and c.superseded == 0
+    frame = pipe.onset.frame_samples
+    assert all(abs(e.onset_sample - t * 16000) < frame for e, t in zip(published, want)), "stamped at its burst"
+    if merged and burst_db:  # the event stands for the cough's burst, and lasts as long as it (100 ms)
+        assert any(abs(e.duration_s - 0.1) <= 0.02 for e in published)
+
+
+def test_the_burst_is_the_loudest_run_of_frames_back_to_where_it_rose():
+    from edge.onset import BURST_WITHIN_DB, OnsetDetector
+
+    audio = _sounds_at([(1.0, 0.02), (1.5, 0.4)])
+    detector = OnsetDetector(16000)
+    detector.remember(audio.size)
+    detector(audio)
+    burst = detector.burst(round(0.9 * 16000), round(1.9 * 16000))
+    frame = detector.frame_samples
+    assert abs(burst.start - 1.5 * 16000) < frame and abs(burst.end - 1.6 * 16000) < frame
+    assert burst.peak_dbfs > detector.burst(16000, round(1.1 * 16000)).peak_dbfs + BURST_WITHIN_DB
+    assert detector.burst(round(1.2 * 16000), round(1.2 * 16000) + frame // 2) is None, "no whole frame there"
+
+
+def test_burst_settings_are_bounded():
+    from edge.onset import OnsetSettings
+
+    with pytest.raises(ValueError, match="burst_db = -1.0 must be in \\[0, 40\\] dB"):
+        OnsetSettings(burst_db=-1.0)
+    with pytest.raises(ValueError, match="burst_same_ms = 0.0 must be in \\(0, 500\\] ms"):
+        OnsetSettings(burst_same_ms=0.0)
 
 
 def test_supersede_settings_are_bounded():
@@ -716,7 +769,8 @@ def test_merge_gap_is_bounded():
 def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(rise_after_ms, events):
     """The onset detector re-triggers on a sudden rise inside a sound (no pause): up to 600 ms after the cough's
     onset that is its later phase, 704 ms after it the bout's next cough (the rise is 18 dB: loudness alone does not
-    decide here, ``supersede_louder_db`` off; with it the quiet first sound would yield to the loud one)."""
+    decide here, ``supersede_louder_db`` and ``burst_db`` off; with either the quiet first sound would yield to the loud
+    one)."""
     from edge.onset import OnsetDetector, OnsetSettings
     from edge.pipeline import Pipeline
 
@@ -726,7 +780,7 @@ def test_a_sudden_rise_without_a_pause_is_a_new_cough_only_past_merge_max_ms(ris
     audio[32000:rise] += (0.05 * rng.standard_normal(rise - 32000)).astype(np.float32)
     audio[rise:rise + 4800] += (0.4 * rng.standard_normal(4800)).astype(np.float32)
     pipe = Pipeline(_RecordingModel("det", 16000, 1600, [0.9, 0.1]), _RecordingModel("cls", 16000, 1600, [0.7, 0.3]),
-                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_louder_db=0.0)), synced=True)
+                    "dev", onset=OnsetDetector(16000, OnsetSettings(supersede_louder_db=0.0, burst_db=0.0)), synced=True)
     got = _replay(pipe, audio, 1600)
     assert pipe.counters.sounds == 2, "the rise re-triggers the onset detector"
     assert len(got) == events and pipe.counters.merged == 2 - events
