@@ -23,10 +23,11 @@ class CoughEvent:
     clock_synced: bool
     """Whether the system clock was NTP-synchronised when the stream started."""
     onset_sample: int
-    """Onset position in samples since the stream started, at ``sample_rate``."""
+    """Onset position in samples since the stream started, at ``sample_rate``: where the burst the event stands for
+    starts (``[onset] burst_db``), else the detected sound's onset."""
     sample_rate: int
     duration_s: float
-    """Length of the detected sound, in seconds."""
+    """Length of the detected sound (or of its burst, where the event stands for one), in seconds."""
     label: str
     """The classifier's decision: its positive label if P(positive) >= threshold, else the most likely other label."""
     probabilities: dict
