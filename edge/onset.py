@@ -92,6 +92,10 @@ class OnsetSettings:
     burst_same_ms: float = 100.0
     """Bursts starting less than this many milliseconds apart are one cough's; also the stretch from a sound's onset
     that is its own start."""
+    burst_rescore: bool = False
+    """Research, off by default: a sound that stands for a later burst is scored (detector and verifier) on the
+    window cut at that burst instead of at its own onset, as a cough's training windows are cut; its event comes up
+    to the detector's window less its pre-roll (0.75 s) later. README, "One event per burst"."""
     views: int = 1
     """Windows the cough detector scores per sound, centred on its onset and ``view_step_ms`` apart; the sound's
     cough score is the mean of their cough probabilities. Odd; 1 = the window at the onset only. 5 was tried

@@ -110,6 +110,8 @@ class Pipeline:
         # accepted, not yet published (a better sound may still supersede them), each with its sound's band peak (dBFS)
         self._held: list[Held] = []
         self._burst_same = round(self.onset.s.burst_same_ms * self.sample_rate / 1000)
+        # burst_rescore: a sound waits until a window cut anywhere in its own window is complete
+        self._rescore_wait = d.window_samples - d.pre_roll_samples if self.onset.s.burst_rescore else 0
         self._published_bursts: deque[int] = deque(maxlen=64)  # burst starts of recently published events
         self._scanner = self._make_scanner()
         self._peaks: list[Peak] = []  # decided by the scanner, waiting for the classifier's window
@@ -243,7 +245,7 @@ class Pipeline:
         end = self._buf_start + self._buf.size
         keep = []
         for sound in self._pending:
-            if final or sound.onset + self._after <= end:
+            if final or sound.onset + self._after + self._rescore_wait <= end:
                 if not self._continues_cough(sound):
                     self._hold(self._accept(sound, self._score(sound)), sound)
             else:
@@ -337,8 +339,8 @@ class Pipeline:
         """The cough detector's score of ``sound``: the mean cough probability of its views (``views`` windows
         around its onset, ``view_step_ms`` apart)."""
         info = self.detector.info
-        windows = cut_views(self._buf, self._buf_start, sound.onset, info.window_samples, info.pre_roll_samples,
-                            self._views)
+        windows = cut_views(self._buf, self._buf_start, self._scored_at(sound), info.window_samples,
+                            info.pre_roll_samples, self._views)
         score = float(np.mean(self.detector(windows)[:, info.positive_index]))
         v = self.verifier
         if v is None:
@@ -348,6 +350,15 @@ class Pipeline:
         self.counters.verified += 1
         at_onset = windows[len(self._views) // 2]  # views are centred on the onset: the middle one is at it
         return v.mixed(score, float(v(at_onset[None])[0]))
+
+    def _scored_at(self, sound: Sound) -> int:
+        """Where ``sound``'s detector windows are cut: its onset, or with ``burst_rescore`` the start of a later burst
+        it stands for."""
+        if self._rescore_wait:
+            burst = self._burst(sound)
+            if burst is not None and burst[0] > sound.onset:
+                return burst[0]
+        return sound.onset
 
     def _accept(self, sound: Sound, cough_score: float) -> CoughEvent | None:
         """``sound``'s event, classified, when its cough score reaches the threshold (else counted as rejected)."""

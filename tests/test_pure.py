@@ -720,6 +720,24 @@ def test_an_event_stands_for_the_loudest_burst_its_window_heard(chunk, spec, bur
         assert any(abs(e.duration_s - 0.1) <= 0.02 for e in published)
 
 
+@pytest.mark.parametrize("chunk", [160, 1600, 7000])
+@pytest.mark.parametrize("rescore, want", [(False, []), (True, [2.3])])
+def test_burst_rescore_scores_the_window_cut_at_the_burst(chunk, rescore, want):
+    """A room sound rising into a cough without the jump that re-triggers the onset detector: its own window scores
+    low (the loudness detector hears its quiet start), the window cut at the cough's burst scores high."""
+    from edge.onset import OnsetDetector, OnsetSettings
+    from edge.pipeline import Pipeline
+
+    audio = _sounds_at([(2.0, 0.08, 0.3), (2.3, 0.25)])  # 10 dB up, under retrigger_db (12)
+    settings = OnsetSettings(burst_rescore=rescore)
+    pipe = Pipeline(_LoudnessDetector("det", 16000, 4000, [0, 0]), _RecordingModel("cls", 16000, 4000, [0.7, 0.3]),
+                    "dev", onset=OnsetDetector(16000, settings), synced=True, detector_threshold=0.65)
+    published = _replay(pipe, audio, chunk)
+    assert pipe.counters.sounds == 1, "one sound: the cough did not re-trigger the onset detector"
+    assert [round(e.onset_sample / 16000, 1) for e in published] == want
+    assert all(e.cough_score > 0.7 for e in published)
+
+
 def test_the_burst_is_the_loudest_run_of_frames_back_to_where_it_rose():
     from edge.onset import BURST_WITHIN_DB, OnsetDetector
 
