@@ -238,23 +238,27 @@ class OnsetDetector:
     def quiet_run(self, start: int, end: int, below_dbfs: float) -> int:
         """Samples in the longest run of whole frames within ``[start, end)`` whose band energy stayed below
         ``below_dbfs``; frames older than those remembered (see :meth:`remember`) never count as quiet."""
-        first = self.position - len(self._levels) * self.frame_samples  # sample where the oldest remembered frame starts
-        lo = max(0, -(-(start - first) // self.frame_samples))
-        hi = min(len(self._levels), (end - first) // self.frame_samples)
+        _, lo, hi = self._frames(start, end)
         longest = run = 0
         for level in islice(self._levels, lo, max(lo, hi)):
             run = run + 1 if level < below_dbfs else 0
             longest = max(longest, run)
         return longest * self.frame_samples
 
+    def _frames(self, start: int, end: int) -> tuple[int, int, int]:
+        """``(first, lo, hi)``: the sample where the oldest remembered frame starts, and the indices of the remembered
+        frames lying wholly in ``[start, end)`` (``lo`` to ``hi``, exclusive; empty when ``hi <= lo``)."""
+        first = self.position - len(self._levels) * self.frame_samples
+        lo = max(0, -(-(start - first) // self.frame_samples))
+        hi = min(len(self._levels), (end - first) // self.frame_samples)
+        return first, lo, hi
+
     def burst(self, start: int, end: int) -> Burst | None:
         """The loudest burst heard in ``[start, end)``: the whole remembered frame there with the most band energy,
         extended back (at most ``BURST_BACK_MS``, never before the remembered frames) and forward (never past
         ``end``) through the frames within ``BURST_WITHIN_DB`` of it. None when no remembered frame lies wholly in
         ``[start, end)``."""
-        first = self.position - len(self._levels) * self.frame_samples
-        lo = max(0, -(-(start - first) // self.frame_samples))
-        hi = min(len(self._levels), (end - first) // self.frame_samples)
+        first, lo, hi = self._frames(start, end)
         if hi <= lo:
             return None
         levels = np.fromiter(islice(self._levels, 0, hi), dtype=np.float64, count=hi)

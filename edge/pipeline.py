@@ -259,28 +259,23 @@ class Pipeline:
             return
         onset, peak_dbfs = sound.onset, sound.peak_dbfs
         new = Held(event, peak_dbfs, onset)
-        same = self._same_burst(event)
-        if same is not None:  # that cough again: the better placed of the two stands by the supersede rules
-            if isinstance(same, Held) and self._beats(event.cough_score, peak_dbfs, same):
-                self._held[self._held.index(same)] = new
+        if self.onset.s.burst_db:  # an event for a burst already told is that cough again
+            same = next((h for h in self._held if self._same_burst(event, h.event.onset_sample)), None)
+            if same is not None and self._beats(event.cough_score, peak_dbfs, same):
+                self._held[self._held.index(same)] = new  # the better placed of the two stands
                 self.counters.superseded += 1
-            else:
+                return
+            if same is not None or any(self._same_burst(event, b) for b in self._published_bursts):
                 self.counters.merged += 1
-            return
+                return
         kept = [h for h in self._held if onset - h.onset >= self._supersede
                 or not self._beats(event.cough_score, peak_dbfs, h)]
         self.counters.superseded += len(self._held) - len(kept)
         self._held = kept + [new]
 
-    def _same_burst(self, event: CoughEvent) -> "Held | int | None":
-        """The held event (or the burst start of a published one) whose burst starts within ``burst_same_ms`` of
-        ``event``'s: the same cough. None when ``burst_db`` is 0 or there is none."""
-        if not self.onset.s.burst_db:
-            return None
-        held = [h for h in self._held if abs(event.onset_sample - h.event.onset_sample) < self._burst_same]
-        if held:
-            return held[0]
-        return next((b for b in self._published_bursts if abs(event.onset_sample - b) < self._burst_same), None)
+    def _same_burst(self, event: CoughEvent, burst_start: int) -> bool:
+        """Whether ``event``'s burst starts within ``burst_same_ms`` of ``burst_start``: the same cough."""
+        return abs(event.onset_sample - burst_start) < self._burst_same
 
     def _beats(self, cough_score: float, peak_dbfs: float, held: Held) -> bool:
         """A later accepted sound (its score and band peak) takes the place of ``held``."""
