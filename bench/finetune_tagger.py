@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge import config  # noqa: E402
-from edge.verifier import EMBEDDING, Verifier, read_spec, tagger_starts, write_spec  # noqa: E402
+from edge.verifier import Verifier, read_spec, tagger_starts, write_spec  # noqa: E402
 from trainer.distill import prepare_data  # noqa: E402
 from trainer.settings import Settings  # noqa: E402
 
@@ -124,7 +124,6 @@ def activations(path: Path, cut: str, windows: np.ndarray, desc: str) -> np.ndar
 
 
 def auc(tail, acts: np.ndarray, positive: np.ndarray, column: int) -> float:
-    import torch
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(positive, probabilities(tail, acts, column)))
@@ -163,7 +162,7 @@ def train(tail, acts, targets, val_acts, val_positive, column, *, epochs: int, l
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
         score = auc(tail, val_acts, val_positive, column)
         history.append(score)
         print(f"epoch {epoch}: train loss {total / len(order):.4f}, validation ROC-AUC {score:.4f}", flush=True)
@@ -211,7 +210,7 @@ def _prune(model) -> None:
 
 
 def main() -> None:
-    import torch
+    import onnx
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", type=Path)
@@ -230,8 +229,6 @@ def main() -> None:
     s = config.build(Settings, file=args.run / "settings.json")
     rd = prepare_data(s, args.run, progress=False, write=False)
     column = list(rd.labels).index(rd.positive)
-    import onnx
-
     cut = cut_point(onnx.load(str(tagger)), args.from_layer)
     cache = args.cache or args.run
     acts = {}
@@ -239,7 +236,7 @@ def main() -> None:
         f = cache / f"tagger_layer{args.from_layer}_{split}.npy"
         if not f.exists():
             np.save(f, activations(tagger, cut, ws.windows, f"{split} activations"))
-        acts[split] = np.load(f, mmap_mode=None)
+        acts[split] = np.load(f)
     tail = Tail(tagger, args.from_layer, spec)
     val = rd.sets["val"]
     positive = val.targets == column
@@ -249,9 +246,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     name = "yamnet-finetuned.onnx"
     write_tagger(tagger, tail, args.out / name)
-    for extra in ("TAGGER.md",):
-        if (args.verifier / extra).is_file():
-            shutil.copyfile(args.verifier / extra, args.out / extra)
+    if (args.verifier / "TAGGER.md").is_file():  # the tagger's provenance and licence
+        shutil.copyfile(args.verifier / "TAGGER.md", args.out / "TAGGER.md")
     digest = hashlib.sha256((args.out / name).read_bytes()).hexdigest()
     write_spec(args.out, replace(spec, tagger=name, tagger_sha256=digest,
                                  weight=tail.head.weight.detach().double().numpy(),
