@@ -148,6 +148,51 @@ def test_single_event_keeps_a_coughs_phases_together_and_stops_at_the_next_cough
     assert start == 3200 and end == 8000
 
 
+def test_explosive_bursts_counts_a_cough_too_close_behind_and_never_a_voiced_phase():
+    from trainer.stream import explosive_bursts, single_event
+
+    rng = np.random.default_rng(1)
+    burst = lambda n, a: (a * rng.standard_normal(n)).astype(np.float32)  # noqa: E731
+    audio = (1e-4 * rng.standard_normal(RATE)).astype(np.float32)
+    audio[3200:4800] += burst(1600, 0.5)      # explosive phase, 100 ms
+    audio[4800:8000] += burst(3200, 0.05)     # its voiced phase, 20 dB lower: one burst
+    one = audio.copy()
+    assert explosive_bursts(one, RATE, *single_event(one, RATE)) == (0,)
+    audio[8800:10400] += burst(1600, 0.45)    # a cough 50 ms (< EVENT_GAP_S) after near silence
+    start, end = single_event(audio, RATE)
+    assert end >= 10400, "the single event holds both"
+    assert start == 3200 and explosive_bursts(audio, RATE, start, end) == (0, 8800 - 3200)
+    audio[8000:8800] += burst(800, 0.02)      # no silence between: the second is a loud voiced phase, not a cough
+    assert explosive_bursts(audio, RATE, start, end) == (0,)
+
+
+def test_events_per_detected_cough_by_burst_counts_each_burst_heard():
+    from trainer.stream import Placed, StreamEvent, score_stream
+
+    r = RATE
+    half = r // 2
+    truth = [Placed("cough", "", "", "a", 20.0, 1 * r, 2 * r, bursts=(0, half)),
+             Placed("cough", "", "", "b", 20.0, 5 * r, 6 * r),
+             Placed("cough", "", "", "c", 20.0, 9 * r, 10 * r, bursts=(0, half)),
+             Placed("cough", "", "", "d", 20.0, 13 * r, 14 * r, bursts=(0, half)),
+             Placed("cough", "", "", "e", 20.0, 17 * r, 18 * r, bursts=(0, half))]
+    events = [StreamEvent(1 * r, 0.9, 0.5), StreamEvent(1 * r + half, 0.9, 0.5),       # a: both bursts
+              StreamEvent(5 * r, 0.9, 0.5), StreamEvent(5 * r + r // 3, 0.9, 0.5),     # b: split in two
+              StreamEvent(9 * r, 0.9, 0.5),                                            # c: one of its two
+              StreamEvent(13 * r, 0.9, 0.5), StreamEvent(13 * r + r // 10, 0.9, 0.5)]  # d: its first, twice
+    m = score_stream(truth, events, 3600 * r, r)
+    assert m["events_per_detected_cough"] == 7 / 4
+    assert m["events_per_detected_cough_by_burst"] == 7 / 5, "a: two coughs heard; b, d: one cough twice; c: one"
+    assert m["bursts_heard"] == {"n": 9, "with_event": 5, "share": 5 / 9}
+    assert m["coughs_with_bursts"] == {"n": 4, "bursts": 8, "heard": 4, "events": 5}
+    by_duration = {k: (v["n"], v["with_event"]) for k, v in m["coughs_by_duration"].items()}
+    assert by_duration == {"0-0.1": (0, 0), "0.1-0.25": (0, 0), "0.25-0.5": (0, 0), "0.5-inf": (5, 4)}
+    short = [Placed("cough", "", "", "f", 20.0, 1 * r, 1 * r + r // 20),
+             Placed("cough", "", "", "g", 20.0, 5 * r, 5 * r + r // 5)]
+    by_duration = score_stream(short, [StreamEvent(5 * r, 0.9, 0.5)], 3600 * r, r)["coughs_by_duration"]
+    assert (by_duration["0-0.1"]["with_event"], by_duration["0.1-0.25"]["with_event"]) == (0, 1)
+
+
 def _stream_settings(**kw):
     from trainer.stream import StreamSettings
 

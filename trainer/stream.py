@@ -44,6 +44,17 @@ EVENT_GAP_S = 0.1
 """...and ends at the first stretch of this many seconds below that level (a gap between two coughs)."""
 EVENT_MAX_S = 1.5
 """An event is cut at this length."""
+DURATION_BINS_S = (0.1, 0.25, 0.5)
+"""Edges, in seconds, of the bins of the placed coughs' single-event lengths that sensitivity is also given for:
+the truth's event of a short recording is sometimes a click or a breath, not a cough."""
+BURST_QUIET_DB = 30.0
+"""A single event holds a further explosive burst (the next cough of a rapid series, closer than ``EVENT_GAP_S``)
+where its energy stays this many dB or more below the event's loudest 10 ms frame for ``BURST_QUIET_S``..."""
+BURST_QUIET_S = 0.03
+"""...seconds or longer (near silence: a cough's voiced phase follows its explosive phase without one)..."""
+BURST_RISE_DB = 6.0
+"""...and then, within ``BURST_RISE_S``, comes back to within this many dB of that frame."""
+BURST_RISE_S = 0.05
 TELEPHONE_MARGIN_S = 1.0
 """Room heard through the telephone band before and after a telephone recording, in seconds."""
 BOUT_PAUSE_S = (0.1, 0.3)
@@ -168,6 +179,9 @@ class Placed:
     """A telephone recording: the room around it, ``TELEPHONE_MARGIN_S`` either side, passes the telephone band."""
     follows: bool = False
     """The next cough of a bout: it starts ``BOUT_PAUSE_S`` after the end of the cough placed before it."""
+    bursts: tuple[int, ...] = (0,)
+    """Where the placed event's explosive bursts start, in samples from ``onset`` (:func:`explosive_bursts`): more
+    than one where a recording's coughs came too close together for :func:`single_event` to part them."""
 
 
 def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
@@ -196,6 +210,29 @@ def single_event(audio: np.ndarray, sample_rate: int) -> tuple[int, int]:
         if loud[i]:
             last = i
     return first * frame, (last + 1) * frame
+
+
+def explosive_bursts(audio: np.ndarray, sample_rate: int, start: int, end: int) -> tuple[int, ...]:
+    """Where the explosive bursts of ``audio[start:end]`` (a :func:`single_event`) start, in samples from ``start``:
+    0, and each return to within ``BURST_RISE_DB`` of its loudest 10 ms frame, within ``BURST_RISE_S``, after
+    ``BURST_QUIET_S`` or more of frames ``BURST_QUIET_DB`` or more below it (near silence), once a frame has
+    reached that level before. A cough's voiced phase never counts: it does not come back that loud after a
+    silence. The truth's own rule, for the figures that count such a burst as a cough, not the daemon's.
+    """
+    frame = round(FRAME_S * sample_rate)
+    energy = frame_energy_db(audio[start:end], sample_rate)
+    top = float(energy.max())
+    quiet_frames, rise_frames = round(BURST_QUIET_S / FRAME_S), round(BURST_RISE_S / FRAME_S)
+    loud = energy >= top - BURST_RISE_DB
+    starts, quiet, heard = [0], 0, False
+    for i, level in enumerate(energy):
+        if level <= top - BURST_QUIET_DB:
+            quiet += 1
+            continue
+        if heard and quiet >= quiet_frames and loud[i: i + rise_frames].any():
+            starts.append(i * frame)
+        heard, quiet = heard or bool(loud[i]), 0
+    return tuple(starts)
 
 
 @dataclass
@@ -257,7 +294,8 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         excerpts.append((t, item.clip.audio[a:b].copy()))
         truth.append(Placed(item.kind, _class_of(item, s.sound_class_by), item.clip.column(group_by) if group_by
                             else "", str(item.clip.path), level, t + lo - a, t + hi - a, is_telephone(item.clip),
-                            item.follows))
+                            item.follows, explosive_bursts(item.clip.audio, sample_rate, lo, hi)
+                            if item.kind == "cough" else (0,)))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
     pieces = room_pieces(room, n, rng, sample_rate)
@@ -386,7 +424,9 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
                             for lvl in (levels or sorted({p.level_db for p, _ in coughs}))},
         "coughs_by_group": {g: _rate([(p, h) for p, h in coughs if p.group == g])
                             for g in sorted({p.group for p, _ in coughs}) if g},
+        "coughs_by_duration": _by_duration(coughs, sample_rate),
         "events_per_detected_cough": (sum(len(h) for _, h in detected) / len(detected)) if detected else None,
+        **_burst_counts(detected, coughs, [e.onset for e in events]),
         **_bout_rates(truth, hits),
         "sounds": _rate(sounds),
         "sounds_by_class": {c: _rate([(p, h) for p, h in sounds if p.cls == c]) for c in sorted({p.cls for p, _ in sounds})},
@@ -402,6 +442,35 @@ def score_stream(truth: list[Placed], events: list[StreamEvent], n_samples: int,
         labelled = [(p, h) for p, h in coughs if p.cls in class_labels]
         out["classifier_on_events"] = _event_auc(labelled, events, positive_label)
     return out
+
+
+def _by_duration(coughs: list, sample_rate: int) -> dict:
+    """Sensitivity by the length of the placed cough's single event (``DURATION_BINS_S``), keyed ``"lo-hi"`` in
+    seconds."""
+    edges = (0.0, *DURATION_BINS_S, math.inf)
+    out = {}
+    for lo, hi in zip(edges, edges[1:]):
+        part = [(p, h) for p, h in coughs if lo < (p.end - p.onset) / sample_rate <= hi]
+        out[f"{lo:g}-{hi:g}"] = _rate(part)
+    return out
+
+
+def _burst_counts(detected: list, coughs: list, onsets: list[int]) -> dict:
+    """The figures that count each explosive burst of a placed cough (``Placed.bursts``) as a cough: each event is
+    on the burst whose start is nearest it; events per burst heard, over the detected coughs; the share of all
+    bursts heard; and how many placed coughs hold more than one burst, with their bursts and events."""
+    def heard(p: Placed, h: list[int]) -> int:
+        starts = np.array(p.bursts) + p.onset
+        return len({int(np.abs(starts - onsets[i]).argmin()) for i in h})
+
+    bursts = sum(len(p.bursts) for p, _ in coughs)
+    told = sum(heard(p, h) for p, h in detected)
+    multi = [(p, h) for p, h in coughs if len(p.bursts) > 1]
+    return {"events_per_detected_cough_by_burst": sum(len(h) for _, h in detected) / told if told else None,
+            "bursts_heard": {"n": bursts, "with_event": told, "share": told / bursts if bursts else None},
+            "coughs_with_bursts": {"n": len(multi), "bursts": sum(len(p.bursts) for p, _ in multi),
+                                   "heard": sum(heard(p, h) for p, h in multi if h),
+                                   "events": sum(len(h) for _, h in multi)}}
 
 
 def _bout_rates(truth: list[Placed], hits: list[list[int]]) -> dict:
@@ -921,6 +990,18 @@ def _detection_lines(result: dict) -> list[str]:
         lines += ["95% intervals (Wilson, each recording one trial; a bootstrap over recordings where they are placed "
                   "more than once) by level: " + ", ".join(
             f"{k} dB{_ci(v.get('ci95'))}" for k, v in lv.items()) + ".", ""]
+    by_duration = result.get("coughs_by_duration")
+    if by_duration:
+        lines += ["Cough sensitivity by the length of the placed single event (seconds): " + ", ".join(
+            f"{k} {_pct(v['share'])} ({v['with_event']}/{v['n']})" for k, v in by_duration.items()) + ".", ""]
+    multi = result.get("coughs_with_bursts")
+    if multi and multi["n"]:
+        b = result["bursts_heard"]
+        lines += [f"{multi['n']} of the {c['n']} placed coughs hold a further explosive burst, a cough too close "
+                  f"behind for the truth's single event to part ({multi['bursts']} bursts, {multi['heard']} of them "
+                  f"heard, {multi['events']} events). Counting each burst as a cough: "
+                  f"{_pct(result['events_per_detected_cough_by_burst'])} events per burst heard, "
+                  f"{_pct(b['share'])} of the {b['n']} bursts heard.", ""]
     bouts = result.get("coughs_in_bouts")
     if bouts:
         lines += [f"Coughs in bouts ({bouts['next']['n']} placed right after another, a "
