@@ -242,6 +242,8 @@ def test_repeated_coughs_are_heard_at_every_level_and_their_interval_counts_reco
     assert lo == 0.0 and hi == 1.0, "4 recordings, all or nothing each: the interval is as wide as 4 trials make it"
     with pytest.raises(ValueError, match="stream.repeats = 0 must be in 1..100"):
         _stream_settings(repeats=0).validate()
+    with pytest.raises(ValueError, match="stream.max_false_where = 'telephone' must be one of all, wideband"):
+        _stream_settings(max_false_where="telephone").validate()
     with pytest.raises(ValueError, match="stream.channel = 'radio' must be one of all, wideband, telephone"):
         _stream_settings(channel="radio").validate()
 

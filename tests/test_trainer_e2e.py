@@ -230,6 +230,7 @@ def test_a_verifier_sweep_records_its_detector_and_auto_sets_the_shipped_verifie
     assert main([*args, "--stream-split", "val", "--choose-detector-threshold", "--stream-max-false-per-hour", "1e6",
                  "--model-verifier", str(folder), "--out", str(tmp_path / "sweep")]) == 0
     sweep = json.loads((tmp_path / "sweep" / "threshold-sweep.json").read_text())
+    assert all(r["background_wideband_per_hour"] >= 0 for r in sweep["sweep"]), "the rate a microphone would hear"
     spec = read_spec(folder)
     assert spec.tuned_for == Model(model).info.created and spec.threshold == sweep["chosen"]["threshold"]
     assert sweep["previous_threshold"] == read_spec(ROOT / "models" / "cough-verifier").threshold
