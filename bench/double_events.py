@@ -25,10 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge import config  # noqa: E402
-from edge.inference import Model  # noqa: E402
 from edge.onset import OnsetDetector  # noqa: E402
-from edge.verifier import Verifier, resolve  # noqa: E402
-from trainer.stream import StreamCommand, _held_out_audio, build_stream, match_events, run_daemon_pipeline  # noqa: E402
+from trainer.stream import StreamCommand, match_events, replay_daemon  # noqa: E402
 
 OWN_S = 0.16
 """An event's own start: its band peak is taken over this many seconds from its onset."""
@@ -42,21 +40,14 @@ def main() -> None:
     config.add_arguments(ap, StreamCommand)
     args = ap.parse_args()
     cmd = config.build(StreamCommand, file=args.config, args=args)
-    s = cmd.stream.validate()
-    det, cls = Model(cmd.model.detector), Model(cmd.model.classifier)
-    chosen = resolve(cmd.model.verifier, det.info, scanning=cmd.onset.scan_ms > 0)
-    verifier = Verifier(chosen.folder) if chosen.folder else None
-    rate = det.info.sample_rate
-    coughs, sounds = _held_out_audio(s, rate)
-    stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
-    threshold = cmd.model.detector_threshold if cmd.model.detector_threshold >= 0 else None
-    events, _ = run_daemon_pipeline(det, cls, stream, threshold, cmd.onset, verifier=verifier)
+    run = replay_daemon(cmd)
+    stream, truth, events, rate = run.stream, run.truth, run.events, run.sample_rate
     levels = _band_levels(stream, rate, cmd.onset)
     frame = OnsetDetector(rate, cmd.onset).frame_samples
     hits = match_events(truth, [e.onset for e in events], rate)
     detected = [h for p, h in zip(truth, hits) if p.kind == "cough" and h]
     doubles = [(p, h) for p, h in zip(truth, hits) if p.kind == "cough" and len(h) > 1]
-    print(f"{chosen.why}; {s.split} stream, {len(events)} events, {len(detected)} coughs detected, "
+    print(f"{run.verifier}; {cmd.stream.split} stream, {len(events)} events, {len(detected)} coughs detected, "
           f"{sum(map(len, detected))} events on them, {len(doubles)} with two or more\n")
     print("| recording | level (dB) | length (s) | bursts at (s) | events at (s), cough score | own band peak (dB) "
           "| pause between the first two (dB) |\n|---|---|---|---|---|---|---|")

@@ -24,10 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge import config  # noqa: E402
-from edge.inference import Model  # noqa: E402
-from edge.verifier import Verifier, resolve  # noqa: E402
-from trainer.stream import (StreamCommand, _held_out_audio, build_stream, match_events,  # noqa: E402
-                            room_false_alarms, room_repetition, run_daemon_pipeline)
+from trainer.stream import (StreamCommand, match_events, replay_daemon, room_false_alarms,  # noqa: E402
+                            room_repetition)
 from trainer.tagger import OnnxTagger  # noqa: E402
 
 BEFORE_S = 0.25
@@ -43,20 +41,14 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=3, help="classes shown per event")
     args = ap.parse_args()
     cmd = config.build(StreamCommand, file=args.config, args=args)
-    s = cmd.stream.validate()
-    det, cls = Model(cmd.model.detector), Model(cmd.model.classifier)
-    chosen = resolve(cmd.model.verifier, det.info, scanning=cmd.onset.scan_ms > 0)
-    verifier = Verifier(chosen.folder) if chosen.folder else None
-    rate = det.info.sample_rate
-    coughs, sounds = _held_out_audio(s, rate)
-    stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
-    threshold = cmd.model.detector_threshold if cmd.model.detector_threshold >= 0 else None
-    events, _ = run_daemon_pipeline(det, cls, stream, threshold, cmd.onset, verifier=verifier)
+    s = cmd.stream
+    run = replay_daemon(cmd)
+    stream, truth, room, events, rate = run.stream, run.truth, run.room, run.events, run.sample_rate
     background = _background_onsets(truth, events, rate)
     alarms = room_false_alarms(truth, background, room.pieces, stream.size, rate)
     tagger = OnnxTagger(args.tagger, ("cough", "other"), "cough", "Cough", rate, "--tagger")
     score_of = {e.onset: e.cough_score for e in events}
-    print(f"{chosen.why}; {s.split} stream, {stream.size / rate / 60:.1f} min, {len(background)} background "
+    print(f"{run.verifier}; {s.split} stream, {stream.size / rate / 60:.1f} min, {len(background)} background "
           f"events, {len(alarms)} farther than 1 s from every cough\n")
     print("| onset (s) | cough_score | speaker | recording | second of it | tagger's top classes |\n|---|---|---|---|---|---|")
     leaders: Counter = Counter()

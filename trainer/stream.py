@@ -735,6 +735,38 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     return result
 
 
+@dataclass
+class Replay:
+    """A benchmark stream and the daemon's events on it (:func:`replay_daemon`)."""
+
+    stream: np.ndarray
+    truth: list[Placed]
+    room: Room
+    events: list[StreamEvent]
+    sample_rate: int
+    verifier: str
+    """Which verifier ran, and why (``edge.verifier.resolve``)."""
+
+
+def replay_daemon(cmd: StreamCommand) -> Replay:
+    """``cmd``'s stream and the daemon's events on it, as `trainer stream` builds and runs them (its models, its
+    verifier resolved as the daemon resolves it, ``detector_threshold`` where one is given): for the bench scripts
+    that look into what the benchmark counts."""
+    from edge.inference import Model
+    from edge.verifier import Verifier, resolve
+
+    s = cmd.stream.validate()
+    det, cls = Model(cmd.model.detector), Model(cmd.model.classifier)
+    chosen = resolve(cmd.model.verifier, det.info, scanning=cmd.onset.scan_ms > 0)
+    rate = det.info.sample_rate
+    coughs, sounds = _held_out_audio(s, rate)
+    stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
+    threshold = cmd.model.detector_threshold if cmd.model.detector_threshold >= 0 else None
+    events, _ = run_daemon_pipeline(det, cls, stream, threshold, cmd.onset,
+                                    verifier=Verifier(chosen.folder) if chosen.folder else None)
+    return Replay(stream, truth, room, events, rate, chosen.why)
+
+
 class Remembered:
     """A loaded model (or verifier) whose answer for each window is computed once: a sweep replays the same stream,
     and which windows the pipeline cuts does not depend on the threshold (which of them merge does). Everything
