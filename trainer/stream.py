@@ -46,7 +46,7 @@ EVENT_MAX_S = 1.5
 """An event is cut at this length."""
 DURATION_BINS_S = (0.1, 0.25, 0.5)
 """Edges, in seconds, of the bins of the placed coughs' single-event lengths that sensitivity is also given for:
-the truth's event of a short recording is sometimes a click or a breath, not a cough."""
+the truth's event of a short, noisy recording is sometimes a brief spike that may not be the cough."""
 BURST_QUIET_DB = 30.0
 """A single event holds a further explosive burst (the next cough of a rapid series, closer than ``EVENT_GAP_S``)
 where its energy stays this many dB or more below the event's loudest 10 ms frame for ``BURST_QUIET_S``..."""
@@ -55,6 +55,7 @@ BURST_QUIET_S = 0.03
 BURST_RISE_DB = 6.0
 """...and then, within ``BURST_RISE_S``, comes back to within this many dB of that frame."""
 BURST_RISE_S = 0.05
+"""How soon after the silence, in seconds, the burst must reach that level."""
 TELEPHONE_MARGIN_S = 1.0
 """Room heard through the telephone band before and after a telephone recording, in seconds."""
 BOUT_PAUSE_S = (0.1, 0.3)
@@ -66,8 +67,9 @@ FEW_ROOM_SPEAKERS = 10
 
 
 CHANNELS = ("all", "wideband", "telephone")
-FALSE_WHERE = ("all", "wideband")
 """Values of ``stream.channel``."""
+FALSE_WHERE = ("all", "wideband")
+"""Values of ``stream.max_false_where``."""
 
 
 @dataclass(frozen=True)
