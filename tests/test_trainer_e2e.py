@@ -188,6 +188,7 @@ def test_stream_benchmark_runs_the_daemon_pipeline_on_held_out_audio(run, tmp_pa
     assert "the cough detector does not wait for it" in report and "peaks of the scanned score" in report
     truth = (tmp_path / "s.truth.csv").read_text().splitlines()
     assert truth[0].startswith("onset_s,") and len(truth) - 1 == a["coughs"]["n"] + a["sounds"]["n"]
+    assert truth[0].endswith(",bursts_s") and all(row.split(",")[-1].split()[0] == "0" for row in truth[1:])
     assert "cough sensitivity" in (tmp_path / "a" / "stream.md").read_text()
     assert (tmp_path / "a" / "stream.png").stat().st_size > 0
     assert main([*args, "--out", str(tmp_path / "s.flac")]) == 2

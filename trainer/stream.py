@@ -970,17 +970,20 @@ def _held_out_audio(s: StreamSettings, rate: int) -> tuple[list[D.Clip], list[D.
 
 
 def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:
-    """The stream as FLAC and its truth as ``<path>.truth.csv`` (for `edge run --source` and the bench scripts)."""
+    """The stream as FLAC and its truth as ``<path>.truth.csv`` (for `edge run --source` and the bench scripts); its
+    ``bursts_s`` column: where each placed event's explosive bursts start, in seconds from its onset, space-separated."""
     import soundfile as sf
 
     sf.write(str(path), stream, sample_rate, subtype="PCM_16")
     with open(path.with_suffix(".truth.csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["onset_s", "duration_s", "kind", "label", "group", "level_db", "source_file"])
+        w = csv.DictWriter(fh, fieldnames=["onset_s", "duration_s", "kind", "label", "group", "level_db", "source_file",
+                                           "bursts_s"])
         w.writeheader()
         for p in truth:
             w.writerow({"onset_s": p.onset / sample_rate, "duration_s": (p.end - p.onset) / sample_rate,
                         "kind": p.kind, "label": p.cls, "group": p.group, "level_db": p.level_db,
-                        "source_file": Path(p.path).name})
+                        "source_file": Path(p.path).name,
+                        "bursts_s": " ".join(f"{b / sample_rate:g}" for b in p.bursts)})
 
 
 def _pct(x) -> str:
