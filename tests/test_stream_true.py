@@ -166,6 +166,30 @@ def test_explosive_bursts_counts_a_cough_too_close_behind_and_never_a_voiced_pha
     assert explosive_bursts(audio, RATE, start, end) == (0,)
 
 
+def test_a_double_cough_is_placed_whole_or_as_its_first_cough():
+    from trainer.data import Clip
+    from trainer.stream import build_stream
+
+    rng = np.random.default_rng(2)
+    audio = (1e-4 * rng.standard_normal(RATE)).astype(np.float32)
+    audio[3200:4800] += (0.5 * rng.standard_normal(1600)).astype(np.float32)   # a cough
+    audio[5600:7200] += (0.45 * rng.standard_normal(1600)).astype(np.float32)  # the next, 50 ms behind it
+    double = Clip(Path("double.wav"), "cough", "g1", {"source": "app"}, "d", audio)
+    sounds = _clips(DATA / "room-sample")
+    s = _stream_settings()
+    whole, truth, _ = build_stream([double], sounds, s, RATE, "source")
+    cough = next(p for p in truth if p.kind == "cough")
+    assert cough.bursts == (0, 5600 - 3200) and cough.end - cough.onset == 7200 - 3200
+    first, truth1, _ = build_stream([double], sounds, replace(s, cut="first_cough"), RATE, "source")
+    one = next(p for p in truth1 if p.kind == "cough")
+    assert one.bursts == (0,) and one.end - one.onset == 5600 - 3200
+    second = first[one.onset + (5600 - 3200): one.onset + (7200 - 3200)]
+    room = first[one.onset - RATE // 2: one.onset - RATE // 4]
+    assert np.sqrt(np.mean(second ** 2)) < 2 * np.sqrt(np.mean(room ** 2)), "the second cough is not placed"
+    with pytest.raises(ValueError, match="stream.cut = 'bout' must be one of event, first_cough"):
+        replace(s, cut="bout").validate()
+
+
 def test_events_per_detected_cough_by_burst_counts_each_burst_heard():
     from trainer.stream import Placed, StreamEvent, score_stream
 

@@ -70,6 +70,8 @@ CHANNELS = ("all", "wideband", "telephone")
 """Values of ``stream.channel``."""
 FALSE_WHERE = ("all", "wideband")
 """Values of ``stream.max_false_where``."""
+CUTS = ("event", "first_cough")
+"""Values of ``stream.cut``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,10 @@ class StreamSettings:
     channel: str = "all"
     """Which cough recordings are placed: ``all``; ``wideband`` (none that came through a telephone: what a
     microphone hears, and the room never passes the telephone band); or ``telephone`` only."""
+    cut: str = "event"
+    """What of each cough recording is placed: ``event``, the truth's single event (:func:`single_event`), which may
+    hold a second explosive cough too close behind to part (``Placed.bursts``); or ``first_cough``, that event up to
+    the start of its second explosive burst (:func:`explosive_bursts`), so that each placed cough is one."""
     repeats: int = 1
     """Place each held-out cough this many times, at successive levels of ``levels_db`` (each at another level while
     ``repeats`` is at most their number): every level then hears the same recordings, and the figures by level
@@ -148,6 +154,8 @@ class StreamSettings:
             raise ValueError(f"stream.bout_share = {self.bout_share} must be in [0, 0.5] (a follower needs a leader)")
         if self.channel not in CHANNELS:
             raise ValueError(f"stream.channel = {self.channel!r} must be one of {', '.join(CHANNELS)}")
+        if self.cut not in CUTS:
+            raise ValueError(f"stream.cut = {self.cut!r} must be one of {', '.join(CUTS)}")
         if self.max_false_where not in FALSE_WHERE:
             raise ValueError(f"stream.max_false_where = {self.max_false_where!r} must be one of {', '.join(FALSE_WHERE)}")
         if not 1 <= self.repeats <= 100:
@@ -294,8 +302,8 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
     margin = round(0.05 * sample_rate)
     for item in items:
-        lo, hi = single_event(item.clip.audio, sample_rate)
-        a, b = max(0, lo - margin), min(item.clip.audio.size, hi + margin)
+        lo, hi, limit, bursts = _event_span(item, s.cut, sample_rate)
+        a, b = max(0, lo - margin), min(limit, hi + margin)
         if item.follows:  # the excerpt's event starts a pause after the leader's event ends
             t = truth[-1].end + round(rng.uniform(*BOUT_PAUSE_S) * sample_rate) - (lo - a)
         level = truth[-1].level_db if item.follows else \
@@ -303,8 +311,7 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         excerpts.append((t, item.clip.audio[a:b].copy()))
         truth.append(Placed(item.kind, _class_of(item, s.sound_class_by), item.clip.column(group_by) if group_by
                             else "", str(item.clip.path), level, t + lo - a, t + hi - a, is_telephone(item.clip),
-                            item.follows, explosive_bursts(item.clip.audio, sample_rate, lo, hi)
-                            if item.kind == "cough" else (0,)))
+                            item.follows, bursts))
         t += (b - a) + round(rng.uniform(s.gap_min_s, s.gap_max_s) * sample_rate)
     n = t + round(s.gap_max_s * sample_rate)
     pieces = room_pieces(room, n, rng, sample_rate)
@@ -316,6 +323,18 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
         gain = 10 ** ((s.room_dbfs + p.level_db - loudest_frame_db(audio, sample_rate)) / 20)
         stream[start: start + audio.size] += audio * np.float32(gain)
     return np.clip(stream, -1.0, 1.0), truth, Room(room, pieces)
+
+
+def _event_span(item: Item, cut: str, sample_rate: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """``(start, end)`` of what is placed of ``item``'s recording as its event (``StreamSettings.cut``), the sample
+    its excerpt may reach at most, and where the event's explosive bursts start (a cough's; ``(0,)`` for a sound)."""
+    lo, hi = single_event(item.clip.audio, sample_rate)
+    if item.kind != "cough":
+        return lo, hi, item.clip.audio.size, (0,)
+    bursts = explosive_bursts(item.clip.audio, sample_rate, lo, hi)
+    if cut == "first_cough" and len(bursts) > 1:
+        return lo, lo + bursts[1], lo + bursts[1], (0,)  # up to the second cough, none of which is placed
+    return lo, hi, item.clip.audio.size, bursts
 
 
 def _into_bouts(items: list[Item], share: float, rng: np.random.Generator) -> list[Item]:
