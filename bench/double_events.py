@@ -42,8 +42,7 @@ def main() -> None:
     cmd = config.build(StreamCommand, file=args.config, args=args)
     run = replay_daemon(cmd)
     stream, truth, events, rate = run.stream, run.truth, run.events, run.sample_rate
-    levels = _band_levels(stream, rate, cmd.onset)
-    frame = OnsetDetector(rate, cmd.onset).frame_samples
+    levels, frame = _band_levels(stream, rate, cmd.onset)
     hits = match_events(truth, [e.onset for e in events], rate)
     detected = [h for p, h in zip(truth, hits) if p.kind == "cough" and h]
     doubles = [(p, h) for p, h in zip(truth, hits) if p.kind == "cough" and len(h) > 1]
@@ -60,12 +59,12 @@ def main() -> None:
               + ", ".join(f"{x - own[0]:+.1f}" for x in own) + f" | {_pause(levels, at, frame, rate) - own[0]:+.1f} |")
 
 
-def _band_levels(stream: np.ndarray, rate: int, onset) -> np.ndarray:
-    """The onset detector's band level of every frame of ``stream``, in dBFS."""
+def _band_levels(stream: np.ndarray, rate: int, onset) -> tuple[np.ndarray, int]:
+    """The onset detector's band level of every frame of ``stream``, in dBFS, and its frame length in samples."""
     detector = OnsetDetector(rate, onset)
     detector.remember(stream.size + rate)
     detector(stream)
-    return np.asarray(detector._levels)
+    return np.asarray(detector._levels), detector.frame_samples
 
 
 def _pause(levels: np.ndarray, at: list[int], frame: int, rate: int) -> float:

@@ -194,8 +194,8 @@ def train_teacher(s: Settings, rd: RunData, out: Path, accelerator, selection: S
 
 def fit_probe(s: Settings, teacher, rd: RunData, out: Path, accelerator) -> None:
     """``--teacher-head probe``: the head on the tagger's embedding, fitted on the clean training windows (the
-    student's crops; with ``--teacher-probe-views``, that many augmented copies of each as well) and chosen on the clean validation
-    windows, as every other choice is. The clean windows' embeddings are cached in ``probe_embeddings_<split>.pt``,
+    student's crops; with ``--teacher-probe-views``, that many augmented copies of each as well) and chosen on the
+    clean validation windows, as every other choice is. The clean windows' embeddings are cached in ``probe_embeddings_<split>.pt``,
     keyed by the windows and the tagger file, like the teacher's outputs."""
     from .tagger import PROBE_C
 
