@@ -166,6 +166,17 @@ def test_max_clips_takes_one_group_at_a_time_and_counts_the_rest(package, tmp_pa
     assert [r["original_path"] for r in again[0].rows] == [r["original_path"] for r in rows]  # seeded
 
 
+def test_only_hints_keeps_the_sounds_asked_for_and_counts_the_rest(package, tmp_path):
+    results = N.build(tmp_path / "out", package.parent, {PKG: "1.0-1"}, hints=("laugh", "bang"), progress=False)
+    assert sorted(r["original_path"] for r in results[0].rows) == [f"{GAME}/effects/bang1.wav",
+                                                                   f"{GAME}/voices/alice/Laugh.wav"]
+    assert results[0].excluded[N.HINT_REASON] == 8  # the 11 files but the cough and the two kept, never decoded
+    assert results[0].excluded[N.COUGH_REASON] == 1, "a cough is left out by name first, whatever the hints"
+    with pytest.raises(ValueError, match=r"--only-hints: 'giggle' is not a sound hint \(one of: speech, drum"):
+        N.build(tmp_path / "out2", package.parent, {PKG: "1.0-1"}, hints=("laugh", "giggle"), progress=False)
+    assert set(N.VOCAL_HINTS) <= set(N.HINTS) and "cough" not in N.HINTS and len(set(N.HINTS)) == len(N.HINTS)
+
+
 def test_max_clips_also_bounds_the_pieces_of_a_long_recording(tmp_path):
     root = tmp_path / "work" / PKG
     (root / "usr/share/doc" / PKG).mkdir(parents=True)
@@ -240,6 +251,10 @@ def test_installed_paths_match_source_stanzas_by_their_most_specific_tail():
     ("/usr/share/sonic-pi/samples/bd_haus.flac", "drum"),
     ("/usr/share/klettres/fr/alpha/a.ogg", "speech"),
     ("/usr/share/sounds/x/sneeze2.wav", "sneeze"),
+    ("/usr/share/games/frozen-bubble/snd/snore.ogg", "snore"),
+    ("/usr/share/games/wesnoth/1.16/data/core/sounds/human-female-die-1.ogg", "grunt"),
+    ("/usr/share/games/wesnoth/1.16/data/core/sounds/orc-hit-1.ogg", "effect"),  # not a human voice
+    ("/usr/share/scratch/Media/Sounds/Human/BabyCry.mp3", "cry"),
     ("/opt/x/thing.wav", ""),
 ])
 def test_sound_hint(path, hint):

@@ -313,6 +313,54 @@ def test_stream_room_keeps_to_its_labels_and_sounds_are_named_by_their_class_col
     assert "hum" in placed and "counting" in placed
 
 
+def test_unseen_sounds_are_all_placed_whichever_split_and_never_the_room(tmp_path):
+    import shutil
+
+    from trainer.data import split_of
+    from trainer.stream import UNSEEN, build_stream
+
+    coughs, sounds = _clips(DATA / "covid-sample", 2), _clips(DATA / "room-sample")
+    unseen = _clips(shutil.copytree(DATA / "room-sample", tmp_path / "unseen"))
+    for clip in unseen:
+        clip.extra[UNSEEN] = True
+        clip.group = f"unseen-{clip.path.name}"
+    assert {split_of(c.group, val=0.15, test=0.15, seed=0) for c in unseen} != {"test"}, "the fixture spans splits"
+    s = _stream_settings(room_share=0.9)
+    _, truth, room = build_stream(coughs, sounds + unseen, s, RATE, "source")
+    assert not any(c.extra.get(UNSEEN) for c in room.clips), "an unseen recording is never the room"
+    placed = [p.path for p in truth if p.kind == "sound"]
+    assert all(placed.count(str(c.path)) == 1 for c in unseen)
+    _, twice, room2 = build_stream(coughs, sounds + unseen, replace(s, unseen_repeats=2), RATE, "source")
+    for clip in unseen:  # at each of the two levels once
+        assert sorted(p.level_db for p in twice if p.path == str(clip.path)) == [20.0, 30.0]
+    others = [p.path for p in truth if p.kind == "sound" and p.path not in {str(c.path) for c in unseen}]
+    assert sorted(others) == sorted(p.path for p in twice if p.kind == "sound" and p.path in others), "placed once"
+    assert room2.clips == room.clips
+    with pytest.raises(ValueError, match=r"stream.unseen_repeats = 0 must be in 1..100"):
+        replace(s, unseen_repeats=0).validate()
+
+
+def test_sound_cut_whole_places_the_whole_recording_and_cough_events_stay_cut():
+    from trainer.stream import build_stream, single_event
+
+    coughs, sounds = _clips(DATA / "covid-sample", 2), _clips(DATA / "room-sample")
+    s = _stream_settings(room_share=0.5)
+    _, by_event, _ = build_stream(coughs, sounds, s, RATE, "source")
+    _, whole, _ = build_stream(coughs, sounds, replace(s, sound_cut="whole"), RATE, "source")
+    size = {str(c.path): c.audio.size for c in sounds}
+    event = {str(c.path): single_event(c.audio, RATE) for c in sounds}
+    for a, b in zip(by_event, whole):
+        assert (a.kind, a.path) == (b.kind, b.path)
+        if a.kind == "sound":
+            assert b.end - b.onset == size[b.path]
+            assert a.end - a.onset == event[a.path][1] - event[a.path][0]
+        else:
+            assert a.end - a.onset == b.end - b.onset
+    assert any(b.end - b.onset > a.end - a.onset for a, b in zip(by_event, whole) if a.kind == "sound")
+    with pytest.raises(ValueError, match="stream.sound_cut = 'first_cough' must be one of event, whole"):
+        replace(s, sound_cut="first_cough").validate()
+
+
 def test_stream_metrics_on_hand_made_events():
     from trainer.stream import Placed, StreamEvent, score_stream
 

@@ -145,6 +145,9 @@ def add_negatives(sub) -> None:
     p.add_argument("--max-clips-per-package", type=int, default=negatives.MAX_CLIPS,
                    help="at most this many clips per package, drawn by --seed one group (speaker, set) at a time")
     p.add_argument("--seed", type=int, default=0, help="seed of that draw")
+    p.add_argument("--only-hints", default="",
+                   help="keep only files with these sound hints, comma-separated (e.g. "
+                        f"{','.join(negatives.VOCAL_HINTS)}: the vocal sounds that are not coughs); default: all")
 
 
 def add_mine(sub) -> None:
@@ -225,7 +228,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> None:
     elif args.command == "negatives":
         negatives.run(args.out, [p.strip() for p in args.packages.split(",") if p.strip()], args.workdir,
                       allow_unknown_licence=args.allow_unknown_licence, max_clips=args.max_clips_per_package,
-                      seed=args.seed, command="trainer " + shlex.join(argv))
+                      seed=args.seed, hints=tuple(h.strip() for h in args.only_hints.split(",") if h.strip()),
+                      command="trainer " + shlex.join(argv))
 
 
 def main(argv: list[str] | None = None) -> int:

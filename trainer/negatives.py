@@ -52,6 +52,7 @@ COLUMNS = ("path", "label", "group", "source", "package_version", "licence", "or
            "duration_s", "sample_rate", "original_sample_rate", "start_s")
 COUGH_REASON = "name suggests a cough"
 CAP_REASON = "not drawn (over --max-clips-per-package)"
+HINT_REASON = "sound hint not among --only-hints"
 
 
 class NegativesError(ValueError):
@@ -231,6 +232,9 @@ def free_text_licence(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- hints and groups
+HINT_SETS = (("drum", "percussion"), ("music", "music"))  # folders that say more than the file name
+HINT_FOLDERS = (("speech", "voices"), ("animal", "animals"), ("effect", "sounds"), ("effect", "samples"),
+                ("effect", "stamps"))
 HINT_WORDS = (  # (hint, regex over the file name's words), first match wins; after "cough" and spoken descriptions
     ("sneeze", r"sneez|achoo|atchoo"),
     ("laugh", r"laugh|giggl|chuckl|cackl|\bhaha"),
@@ -239,6 +243,8 @@ HINT_WORDS = (  # (hint, regex over the file name's words), first match wins; af
     ("scream", r"scream|shriek|\byell"),
     ("breath", r"breath|\bsigh|\bgasp|\bpant\b"),
     ("burp", r"\bburp|\bhiccup"),
+    ("snore", r"\bsnor"),
+    ("grunt", r"\bgrunt|\bgroan|\bugg\b|\b(?:human|dwarf|elf)\b.*\b(?:hit|die)\b"),  # Wesnoth's voices
     ("singing", r"\bsings?\b|singing|choir|\bvox\b|chant"),
     ("clap", r"\bclap|applau|\bsnap"),
     ("knock", r"knock|\bdoor"),
@@ -250,9 +256,6 @@ HINT_WORDS = (  # (hint, regex over the file name's words), first match wins; af
     ("animal", r"\b(?:bee|bird|birdy|crow|dog|cat|cow|sheep|duck|frog|horse|pig|owl|lion|tiger|hen|rooster|goat|"
                r"donkey|wolf|bat|growl|bark|meow|moo)\b"),
 )
-HINT_SETS = (("drum", "percussion"), ("music", "music"))  # folders that say more than the file name
-HINT_FOLDERS = (("speech", "voices"), ("animal", "animals"), ("effect", "sounds"), ("effect", "samples"),
-                ("effect", "stamps"))
 GROUP_RULES = {  # package -> [(regex over the path inside the package, group name from its groups)]
     "hedgewars-data": [(r"/voices/([^/_]+)", "voices/{}")],  # "Default_pl" is one group with "Default"
     "klettres-data": [(r"/klettres/([^/]+)/", "{}")],
@@ -262,7 +265,11 @@ GROUP_RULES = {  # package -> [(regex over the path inside the package, group na
                                 (r"/symbols/(?:math|alphabets)/.*?(?:_([a-z]{2,3}(?:_[A-Za-z]{2})?))?\.\w+$",
                                  "voice-{}")],
 }
-PER_FILE_PACKAGES = {"hedgewars-data", "tuxpaint-stamps-default"}  # where an unmatched file is its own group
+PER_FILE_PACKAGES = {"hedgewars-data", "tuxpaint-stamps-default", "scratch"}  # an unmatched file is its own group
+HINTS = tuple(dict.fromkeys(("speech", *(hint for hint, _ in HINT_SETS + HINT_WORDS + HINT_FOLDERS))))
+"""Every ``sound_hint`` but ``cough`` (never kept) and ``""`` (none), in the order they are tried."""
+VOCAL_HINTS = ("laugh", "sneeze", "throat", "cry", "scream", "breath", "burp", "snore", "grunt")
+"""The vocal sounds that are not coughs and not speech, which issue 12 asks a detector to reject."""
 
 
 def _words(text: str) -> str:
@@ -332,11 +339,13 @@ def draw_order(paths: list[str], package: str, seed: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- audio
 def collect(extracted_root: Path, package: str, version: str, out: Path, *, licences: dict[str, str] | None = None,
             allow_unknown_licence: bool = False, max_clips: int = MAX_CLIPS, seed: int = 0,
-            seen: dict[str, str] | None = None, progress: bool = True) -> PackageResult:
+            seen: dict[str, str] | None = None, hints: frozenset[str] = frozenset(),
+            progress: bool = True) -> PackageResult:
     """Decode, check and write one extracted package's audio as 16 kHz mono FLAC under ``<out>/audio/<package>/``;
     returns its manifest rows and what was excluded, by reason (each exclusion is also logged).
 
     ``seen`` (sha256 of a source file -> its path) drops byte-identical files, across packages when shared.
+    ``hints``: keep only files whose ``sound_hint`` is one of them (empty: every file).
     """
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
@@ -352,6 +361,13 @@ def collect(extracted_root: Path, package: str, version: str, out: Path, *, lice
         log.warning("%s: licence unknown for %d of %d audio files: %s (--allow-unknown-licence keeps them)", package,
                     unknown, len(paths), "the whole package is excluded" if unknown == len(paths) else "excluded")
     candidates = [p for p in paths if _admissible(p, licences.get(p, UNKNOWN), allow_unknown_licence, result)]
+    if hints:
+        kept = [p for p in candidates if sound_hint(p) in hints]
+        if len(kept) < len(candidates):
+            result.excluded[HINT_REASON] += len(candidates) - len(kept)
+            log.info("%s: %d files left out: their sound hint is not one of --only-hints", package,
+                     len(candidates) - len(kept))
+        candidates = kept
     order = draw_order(candidates, package, seed)
     shutil.rmtree(out / "audio" / package, ignore_errors=True)
     with logging_redirect_tqdm():
@@ -516,10 +532,16 @@ def _minutes(r: PackageResult) -> float:
 
 # ---------------------------------------------------------------------------------------------- the command
 def build(out: Path, workdir: Path, versions: dict[str, str], *, allow_unknown_licence: bool = False,
-          max_clips: int = MAX_CLIPS, seed: int = 0, command: str = "", progress: bool = True) -> list[PackageResult]:
-    """The manifest of already extracted packages (``<workdir>/<package>/``, as ``fetch`` leaves them)."""
+          max_clips: int = MAX_CLIPS, seed: int = 0, hints: tuple[str, ...] = (), command: str = "",
+          progress: bool = True) -> list[PackageResult]:
+    """The manifest of already extracted packages (``<workdir>/<package>/``, as ``fetch`` leaves them); ``hints``:
+    keep only files with one of these sound hints (``HINTS``; empty: every file)."""
     if max_clips < 1:
         raise ValueError(f"--max-clips-per-package must be at least 1, got {max_clips}")
+    unknown_hints = [h for h in hints if h not in HINTS]
+    if unknown_hints:
+        raise ValueError(f"--only-hints: {', '.join(map(repr, unknown_hints))} is not a sound hint (one of: "
+                         f"{', '.join(HINTS)})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results, seen = [], {}
@@ -528,7 +550,7 @@ def build(out: Path, workdir: Path, versions: dict[str, str], *, allow_unknown_l
         if not root.is_dir():
             raise FileNotFoundError(f"{package}: not extracted at {root}")
         result = collect(root, package, version, out, allow_unknown_licence=allow_unknown_licence,
-                         max_clips=max_clips, seed=seed, seen=seen, progress=progress)
+                         max_clips=max_clips, seed=seed, seen=seen, hints=frozenset(hints), progress=progress)
         if not result.rows:
             log.warning("%s: no clip kept (excluded: %s)", package, dict(result.excluded))
         results.append(result)

@@ -72,6 +72,10 @@ FALSE_WHERE = ("all", "wideband")
 """Values of ``stream.max_false_where``."""
 CUTS = ("event", "first_cough")
 """Values of ``stream.cut``."""
+SOUND_CUTS = ("event", "whole")
+"""Values of ``stream.sound_cut``."""
+UNSEEN = "_unseen"
+"""Key of ``Clip.extra`` that marks a recording of ``stream.unseen``: placed, whichever split, never the room."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,10 @@ class StreamSettings:
     """Manifest(s) of non-cough recordings, comma-separated: placed as sounds, and (other groups) the room."""
     sound_labels: str = ""
     """Labels of ``sounds`` rows to use, comma-separated (empty = every row not among ``cough_labels``)."""
+    unseen: str = ""
+    """Manifest(s) of non-cough recordings that no model was trained on or selected with (packages that are not in
+    any training data, e.g. `trainer negatives --only-hints`' vocal sounds), comma-separated: every row is placed as a
+    sound, whichever split, and never made the room."""
     split: str = "test"
     """Which split of the manifests the stream is made of: ``test`` or ``val``."""
     seed: int = 0
@@ -124,10 +132,16 @@ class StreamSettings:
     """What of each cough recording is placed: ``event``, the truth's single event (:func:`single_event`), which may
     hold a second explosive cough too close behind to part (``Placed.bursts``); or ``first_cough``, that event up to
     the start of its second explosive burst (:func:`explosive_bursts`), so that each placed cough is one."""
+    sound_cut: str = "event"
+    """What of each non-cough recording is placed: ``event``, its loudest single event (:func:`single_event`, as for
+    a cough), or the ``whole`` recording (a laugh's every burst, a scream's whole length)."""
     repeats: int = 1
     """Place each held-out cough this many times, at successive levels of ``levels_db`` (each at another level while
     ``repeats`` is at most their number): every level then hears the same recordings, and the figures by level
     differ by level alone. Non-cough sounds are placed once."""
+    unseen_repeats: int = 1
+    """Place each ``unseen`` recording this many times, at successive levels of ``levels_db`` (as ``repeats`` places
+    the coughs), so that each of them is heard at every level."""
     max_false_per_hour: float = 10.0
     """With ``--choose-detector-threshold``: the most background events per hour the chosen threshold may raise."""
     max_false_where: str = "all"
@@ -156,10 +170,14 @@ class StreamSettings:
             raise ValueError(f"stream.channel = {self.channel!r} must be one of {', '.join(CHANNELS)}")
         if self.cut not in CUTS:
             raise ValueError(f"stream.cut = {self.cut!r} must be one of {', '.join(CUTS)}")
+        if self.sound_cut not in SOUND_CUTS:
+            raise ValueError(f"stream.sound_cut = {self.sound_cut!r} must be one of {', '.join(SOUND_CUTS)}")
         if self.max_false_where not in FALSE_WHERE:
             raise ValueError(f"stream.max_false_where = {self.max_false_where!r} must be one of {', '.join(FALSE_WHERE)}")
         if not 1 <= self.repeats <= 100:
             raise ValueError(f"stream.repeats = {self.repeats} must be in 1..100")
+        if not 1 <= self.unseen_repeats <= 100:
+            raise ValueError(f"stream.unseen_repeats = {self.unseen_repeats} must be in 1..100")
         if not 0 < self.room_share < 1:
             raise ValueError(f"stream.room_share = {self.room_share} must be in (0, 1)")
         try:
@@ -286,7 +304,8 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     """The stream, its truth, and what its room is made of (deterministic by ``s.seed``)."""
     rng = seeded_rng(s.seed, "stream", s.split)
     room_labels = {x for x in s.room_labels.split(",") if x}
-    may_be_room = [c for c in sounds if not room_labels or _class_of(Item(c, "sound"), s.sound_class_by) in room_labels]
+    may_be_room = [c for c in sounds if not c.extra.get(UNSEEN)
+                   and (not room_labels or _class_of(Item(c, "sound"), s.sound_class_by) in room_labels)]
     groups = sorted({c.group or c.sha256 for c in may_be_room})
     room_groups = {g for g in groups if seeded_rng(s.seed, "room", g).random() < s.room_share}
     room = [c for c in may_be_room if (c.group or c.sha256) in room_groups]
@@ -296,13 +315,13 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     from .synthetic import synthetic_clips
 
     synthetic = synthetic_clips(s.synthetic_per_kind, sample_rate, s.seed, s.split)
-    items = _cough_items(coughs, s) + [Item(c, "sound") for c in placed_sounds + synthetic]
+    items = _cough_items(coughs, s) + _sound_items(placed_sounds, s) + [Item(c, "sound") for c in synthetic]
     items = _into_bouts([items[i] for i in rng.permutation(len(items))], s.bout_share, rng)
     level_of = {kind: iter(s.levels * (len(items) // len(s.levels) + 1)) for kind in ("cough", "sound")}
     excerpts, t, truth = [], round(s.gap_max_s * sample_rate), []
     margin = round(0.05 * sample_rate)
     for item in items:
-        lo, hi, limit, bursts = _event_span(item, s.cut, sample_rate)
+        lo, hi, limit, bursts = _event_span(item, s.cut, s.sound_cut, sample_rate)
         a, b = max(0, lo - margin), min(limit, hi + margin)
         if item.follows:  # the excerpt's event starts a pause after the leader's event ends
             t = truth[-1].end + round(rng.uniform(*BOUT_PAUSE_S) * sample_rate) - (lo - a)
@@ -325,16 +344,30 @@ def build_stream(coughs: list[D.Clip], sounds: list[D.Clip], s: StreamSettings, 
     return np.clip(stream, -1.0, 1.0), truth, Room(room, pieces)
 
 
-def _event_span(item: Item, cut: str, sample_rate: int) -> tuple[int, int, int, tuple[int, ...]]:
-    """``(start, end)`` of what is placed of ``item``'s recording as its event (``StreamSettings.cut``), the sample
-    its excerpt may reach at most, and where the event's explosive bursts start (a cough's; ``(0,)`` for a sound)."""
+def _sound_items(sounds: list[D.Clip], s: StreamSettings) -> list[Item]:
+    """Each placed sound once, its level the next of the cycle; each ``unseen`` one ``s.unseen_repeats`` times, at
+    successive levels (as :func:`_cough_items`)."""
+    if s.unseen_repeats == 1:
+        return [Item(c, "sound") for c in sounds]
+    levels, unseen = s.levels, [c for c in sounds if c.extra.get(UNSEEN)]
+    return [Item(c, "sound") for c in sounds if not c.extra.get(UNSEEN)] + \
+        [Item(c, "sound", levels[(i + j) % len(levels)]) for i, c in enumerate(unseen) for j in range(s.unseen_repeats)]
+
+
+def _event_span(item: Item, cut: str, sound_cut: str, sample_rate: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """``(start, end)`` of what is placed of ``item``'s recording as its event (``StreamSettings.cut`` for a cough,
+    ``sound_cut`` for a sound), the sample its excerpt may reach at most, and where the event's explosive bursts
+    start (a cough's; ``(0,)`` for a sound)."""
+    size = item.clip.audio.size
+    if item.kind != "cough" and sound_cut == "whole":
+        return 0, size, size, (0,)
     lo, hi = single_event(item.clip.audio, sample_rate)
     if item.kind != "cough":
-        return lo, hi, item.clip.audio.size, (0,)
+        return lo, hi, size, (0,)
     bursts = explosive_bursts(item.clip.audio, sample_rate, lo, hi)
     if cut == "first_cough" and len(bursts) > 1:
         return lo, lo + bursts[1], lo + bursts[1], (0,)  # up to the second cough, none of which is placed
-    return lo, hi, item.clip.audio.size, bursts
+    return lo, hi, size, bursts
 
 
 def _into_bouts(items: list[Item], share: float, rng: np.random.Generator) -> list[Item]:
@@ -985,7 +1018,10 @@ def _held_out_audio(s: StreamSettings, rate: int) -> tuple[list[D.Clip], list[D.
               if s.channel == "all" or is_telephone(c) == (s.channel == "telephone")]
     if not coughs:
         raise D.ManifestError(f"no {s.channel} cough recordings in the {s.split} split")
-    return coughs, held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels)
+    unseen = D.load_audio(D.load_manifests(s.unseen), rate, min_samples=rate // 4) if s.unseen else []
+    for clip in unseen:
+        clip.extra[UNSEEN] = True
+    return coughs, held_out(s.sounds, s.sound_labels, s, rate, exclude=cough_labels) + unseen
 
 
 def write_stream(path: Path, stream: np.ndarray, sample_rate: int, truth: list[Placed]) -> None:
