@@ -340,6 +340,17 @@ def test_unseen_sounds_are_all_placed_whichever_split_and_never_the_room(tmp_pat
         replace(s, unseen_repeats=0).validate()
 
 
+def test_unseen_sounds_must_not_be_the_detectors_training_data_nor_mined():
+    from trainer.stream import _held_out_audio
+
+    s = _stream_settings(unseen="build/vocal/manifest.csv,build/negatives-200/manifest.csv")
+    with pytest.raises(ValueError, match=r"stream.unseen: 'negatives-200' is among the detector's training data "
+                                         r"\(coswara\+negatives-200 \(9 train clips\)\)"):
+        _held_out_audio(s, RATE, trained_on=("coswara+negatives-200 (9 train clips)",))
+    with pytest.raises(ValueError, match="stream.unseen must be empty on a training-split stream"):
+        replace(s, split="train").validate(splits=("train",))
+
+
 def test_sound_cut_whole_places_the_whole_recording_and_cough_events_stay_cut():
     from trainer.stream import build_stream, single_event
 

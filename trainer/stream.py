@@ -160,6 +160,9 @@ class StreamSettings:
             raise ValueError("stream.sounds is required (--stream-sounds MANIFEST): the room is made of them")
         if self.split not in splits:
             raise ValueError(f"stream.split = {self.split!r} must be {' or '.join(splits)}")
+        if self.split == "train" and self.unseen:
+            raise ValueError("stream.unseen must be empty on a training-split stream: its recordings would be mined "
+                             "into training data, and no model could be scored on them as unseen any more")
         if not 0 < self.gap_min_s <= self.gap_max_s:
             raise ValueError(f"stream.gap_min_s = {self.gap_min_s} must be > 0 and <= gap_max_s = {self.gap_max_s}")
         if not 0 <= self.synthetic_per_kind <= 10_000:
@@ -762,7 +765,7 @@ def run_stream(s: StreamSettings, detector: Path, classifier: Path, *, audio_out
     chosen = resolve(verifier, det.info, scanning=(onset or OnsetSettings()).scan_ms > 0)
     log.info("%s", chosen.why)
     ver = Verifier(chosen.folder) if chosen.folder else None
-    coughs, sounds = _held_out_audio(s, det.info.sample_rate)
+    coughs, sounds = _held_out_audio(s, det.info.sample_rate, trained_on=(det.info.train_data,))
     rate = det.info.sample_rate
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
     log.info("stream: %.1f min, %d coughs and %d other sounds placed", stream.size / rate / 60,
@@ -813,7 +816,7 @@ def replay_daemon(cmd: StreamCommand) -> Replay:
     det, cls = Model(cmd.model.detector), Model(cmd.model.classifier)
     chosen = resolve(cmd.model.verifier, det.info, scanning=cmd.onset.scan_ms > 0)
     rate = det.info.sample_rate
-    coughs, sounds = _held_out_audio(s, rate)
+    coughs, sounds = _held_out_audio(s, rate, trained_on=(det.info.train_data,))
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
     threshold = cmd.model.detector_threshold if cmd.model.detector_threshold >= 0 else None
     events, _ = run_daemon_pipeline(det, cls, stream, threshold, cmd.onset,
@@ -862,7 +865,7 @@ def choose_detector_threshold(s: StreamSettings, detector: Path, classifier: Pat
         raise ValueError("--choose-detector-threshold selects on the validation split only: add --stream-split val")
     det = Model(detector)
     rate = det.info.sample_rate
-    coughs, sounds = _held_out_audio(s, rate)
+    coughs, sounds = _held_out_audio(s, rate, trained_on=(det.info.train_data,))
     stream, truth, room = build_stream(coughs, sounds, s, rate, s.group_by)
     basis = room_repetition(room.pieces, stream.size, rate)
     if basis["speakers"] < FEW_ROOM_SPEAKERS:
@@ -967,7 +970,7 @@ def compare_detectors(s: StreamSettings, a: Path, b: Path, classifier: Path, ons
     if det_a.info.sample_rate != det_b.info.sample_rate:
         raise ValueError(f"{a} and {b} hear different sample rates; compare detectors of one rate")
     rate = det_a.info.sample_rate
-    coughs, sounds = _held_out_audio(s, rate)
+    coughs, sounds = _held_out_audio(s, rate, trained_on=(det_a.info.train_data, det_b.info.train_data))
     stream, truth, _ = build_stream(coughs, sounds, s, rate, s.group_by)
     hours = stream.size / rate / 3600
     found = {"a": detector_candidates(det_a, cls, stream, truth, onset),
@@ -1011,8 +1014,16 @@ def plot_sweep(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _held_out_audio(s: StreamSettings, rate: int) -> tuple[list[D.Clip], list[D.Clip]]:
-    """The held-out coughs (of ``s.channel``) and other sounds of ``s.split``, decoded at ``rate``."""
+def _held_out_audio(s: StreamSettings, rate: int, trained_on: tuple[str, ...] = ()) -> tuple[list[D.Clip], list[D.Clip]]:
+    """The held-out coughs (of ``s.channel``) and other sounds of ``s.split``, decoded at ``rate``, and every
+    ``s.unseen`` recording; ``trained_on``: the detectors' ``train_data`` (manifest folders joined by ``+``, then
+    a note in brackets), among which no ``unseen`` manifest may be."""
+    trained = {name for data in trained_on for name in data.split(" (")[0].split("+")}
+    for name in (Path(m).parent.name for m in s.unseen.split(",") if m):
+        if name in trained:
+            raise ValueError(f"stream.unseen: {name!r} is among the detector's training data "
+                             f"({'; '.join(trained_on)}): its sounds are not unseen; place them as sounds of a split "
+                             "instead (stream.sounds)")
     cough_labels = {x for x in s.cough_labels.split(",") if x}
     coughs = [c for c in held_out(s.coughs, s.cough_labels, s, rate)
               if s.channel == "all" or is_telephone(c) == (s.channel == "telephone")]
