@@ -279,6 +279,11 @@ def test_sound_hint(path, hint):
     ("asterisk-core-sounds-en-wav", "/usr/share/asterisk/sounds/en_US_f_Allison/digits/1.wav",
      "asterisk-core-sounds-en-wav/en_US_f_Allison"),
     ("sonic-pi-samples", "/usr/share/sonic-pi/samples/tabla_ke2.flac", "sonic-pi-samples/tabla"),
+    ("wesnoth-1.16-data", "/usr/share/games/wesnoth/1.16/data/core/sounds/human-hit-1.ogg",
+     "wesnoth-1.16-data/usr/share/games/wesnoth/1.16/data/core/sounds/human-hit-1.ogg"),  # one character each
+    ("scratch", "/usr/share/scratch/Media/Sounds/Human/Laugh-male1.wav",
+     "scratch/usr/share/scratch/Media/Sounds/Human/Laugh-male1.wav"),
+    ("bambam", "/usr/share/bambam/data/giggle.wav", "bambam/usr/share/bambam/data"),
 ])
 def test_group_is_the_speaker_or_set(package, path, group):
     assert N.group_of(package, path) == group

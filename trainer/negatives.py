@@ -265,7 +265,9 @@ GROUP_RULES = {  # package -> [(regex over the path inside the package, group na
                                 (r"/symbols/(?:math|alphabets)/.*?(?:_([a-z]{2,3}(?:_[A-Za-z]{2})?))?\.\w+$",
                                  "voice-{}")],
 }
-PER_FILE_PACKAGES = {"hedgewars-data", "tuxpaint-stamps-default", "scratch"}  # an unmatched file is its own group
+PER_FILE_PACKAGES = {  # where an unmatched file is its own group: sound effects, and voices of many characters
+    "hedgewars-data", "tuxpaint-stamps-default", "scratch", "wesnoth-1.16-data", "btanks-data", "trackballs-data",
+    "monsterz-data", "scorched3d-data"}
 HINTS = tuple(dict.fromkeys(("speech", *(hint for hint, _ in HINT_SETS + HINT_WORDS + HINT_FOLDERS))))
 """Every ``sound_hint`` but ``cough`` (never kept) and ``""`` (none), in the order they are tried."""
 VOCAL_HINTS = ("laugh", "sneeze", "throat", "cry", "scream", "breath", "burp", "snore", "grunt")
