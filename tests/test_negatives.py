@@ -326,6 +326,10 @@ def test_fetch_downloads_extracts_and_reads_the_version(package, tmp_path, monke
     assert N.fetch([PKG], work) == {PKG: "2:1.5-3"}
     assert main(["negatives", "--out", str(tmp_path / "out"), "--workdir", str(work), "--packages", PKG]) == 0
     assert len(load_manifest(tmp_path / "out")) == 8
+    assert main(["negatives", "--out", str(tmp_path / "vocal"), "--workdir", str(work), "--packages", PKG,
+                 "--only-hints", " laugh,sneeze ,"]) == 0
+    assert [c.extra["sound_hint"] for c in load_manifest(tmp_path / "vocal")] == ["laugh"]
+    assert "--only-hints ' laugh,sneeze ,'" in (tmp_path / "vocal/SOURCES.md").read_text()
 
 
 def test_model_card_states_the_licences_a_manifest_gives_per_file(tmp_path):
