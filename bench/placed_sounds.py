@@ -5,8 +5,8 @@ The stream, the daemon (as `trainer stream` runs it: the shipped models, ``[mode
 daemon resolves it) and the scoring are the benchmark's own. For each placed sound whose class is one of
 ``--classes`` the script prints its levels over the room, those where the daemon raised an event on it and its
 highest cough score there, and the
-tagger's ``--top`` classes on the clean recording (each class's highest score over the tagger's windows, a hop of
-half a window apart), with its ``Cough`` and ``Laughter`` scores; one row per recording, however many times it was
+tagger's ``--top`` classes on the clean recording (each class's highest score over the tagger's positions,
+``OnnxTagger.class_scores``), with its ``Cough`` and ``Laughter`` scores; one row per recording, however many times it was
 placed (``--stream-unseen-repeats``). Then, by class, how many placements and recordings raised an event, and by
 level.
 
@@ -63,7 +63,7 @@ def main() -> None:
     fired, heard = Counter(), Counter()
     for path, ph in sorted(by_path.items(), key=lambda kv: (kv[1][0][0].cls, kv[0])):
         p = ph[0][0]
-        scores = _clip_scores(tagger, decode(Path(path), rate))
+        scores = tagger.class_scores(decode(Path(path), rate)[None])[0]
         top = np.argsort(scores)[::-1][: args.top]
         hit_levels = sorted(q.level_db for q, h in ph if h)
         best = max((events[i].cough_score for _, h in ph for i in h), default=None)
@@ -85,15 +85,6 @@ def main() -> None:
     print("placements with an event, by level: " + ", ".join(
         f"{lvl:g} dB {sum(bool(h) for p, h in placed if p.level_db == lvl)} of "
         f"{sum(p.level_db == lvl for p, _ in placed)}" for lvl in sorted({p.level_db for p, _ in placed})))
-
-
-def _clip_scores(tagger: OnnxTagger, audio: np.ndarray) -> np.ndarray:
-    """Each class's highest score over the tagger's windows of ``audio`` (zero-padded to one window), half a
-    window apart."""
-    n, hop = tagger.window, tagger.window // 2
-    audio = np.pad(audio, (0, max(0, n - audio.size)))
-    starts = range(0, audio.size - n + 1, hop)
-    return tagger.class_scores(np.stack([audio[s: s + n] for s in starts]).astype(np.float32)).max(axis=0)
 
 
 def _name(path: str) -> str:

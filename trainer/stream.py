@@ -352,9 +352,8 @@ def _sound_items(sounds: list[D.Clip], s: StreamSettings) -> list[Item]:
     successive levels (as :func:`_cough_items`)."""
     if s.unseen_repeats == 1:
         return [Item(c, "sound") for c in sounds]
-    levels, unseen = s.levels, [c for c in sounds if c.extra.get(UNSEEN)]
     return [Item(c, "sound") for c in sounds if not c.extra.get(UNSEEN)] + \
-        [Item(c, "sound", levels[(i + j) % len(levels)]) for i, c in enumerate(unseen) for j in range(s.unseen_repeats)]
+        _at_levels([c for c in sounds if c.extra.get(UNSEEN)], "sound", s.unseen_repeats, s.levels)
 
 
 def _event_span(item: Item, cut: str, sound_cut: str, sample_rate: int) -> tuple[int, int, int, tuple[int, ...]]:
@@ -402,8 +401,12 @@ def _cough_items(coughs: list[D.Clip], s: StreamSettings) -> list[Item]:
     levels (cough ``i``'s copy ``j`` at level ``i + j`` of the cycle), so every level hears the same recordings."""
     if s.repeats == 1:
         return [Item(c, "cough") for c in coughs]
-    levels = s.levels
-    return [Item(c, "cough", levels[(i + j) % len(levels)]) for i, c in enumerate(coughs) for j in range(s.repeats)]
+    return _at_levels(coughs, "cough", s.repeats, s.levels)
+
+
+def _at_levels(clips: list[D.Clip], kind: str, repeats: int, levels: list[float]) -> list[Item]:
+    """Each clip ``repeats`` times, clip ``i``'s copy ``j`` at level ``i + j`` of the cycle ``levels``."""
+    return [Item(c, kind, levels[(i + j) % len(levels)]) for i, c in enumerate(clips) for j in range(repeats)]
 
 
 def _class_of(item: Item, column: str) -> str:
